@@ -1,0 +1,6 @@
+"""Run one Flask app on every core, and let its workers talk to each other."""
+
+from .extension import FlaskCluster, GatherIncomplete, MessageError
+
+__all__ = ["FlaskCluster", "GatherIncomplete", "MessageError"]
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""The one table of settings for ``flask cluster-run``.
+
+Every setting is a field of :class:`Config`; its metadata holds the help text and the click
+type. The command line, the ``FLASK_CLUSTER_RUN_*`` environment variables and the option table
+in the docs are all generated from these fields, so a new setting is added in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+BALANCE_MODES = ("round-robin", "least-busy", "shared", "reuseport")
+ENV_PREFIX = "FLASK_CLUSTER_RUN_"
+
+
+class WorkerCount(click.ParamType):
+    """``auto`` (returned as ``None``) or a whole number of at least 1."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        try:
+            count = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a whole number", param, ctx)
+        if count < 1:
+            self.fail(f"{count} is less than 1", param, ctx)
+        return count
+
+
+def setting(default: Any, help: str, *, type: Any = None, flag: str | None = None,
+            cli_default: Any = None) -> Any:
+    """A :class:`Config` field with what the command line needs to offer it.
+
+    ``cli_default`` is the spelling the command line shows when it differs from the value
+    (``auto`` for ``workers=None``).
+    """
+    return field(default=default, metadata={
+        "help": help, "type": type, "flag": flag,
+        "cli_default": default if cli_default is None else cli_default,
+    })
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the master and its workers need to know, fixed before the first fork."""
+
+    host: str = setting("127.0.0.1", "TCP address to listen on.")
+    port: int = setting(5000, "TCP port to listen on (0 picks a free one).",
+                        type=click.IntRange(0, 65535))
+    uds: str | None = setting(None, "Listen on this Unix socket path instead of TCP.",
+                              type=click.Path(dir_okay=False))
+    workers: int | None = setting(None, "Worker processes: 'auto' (CPUs this process may use) or N.",
+                                  type=WorkerCount(), cli_default="auto")
+    threads: int = setting(1, "App threads per worker (1 runs the app on the event loop).",
+                           type=click.IntRange(1, 1024))
+    balance: str = setting("round-robin", "How connections reach workers.",
+                           type=click.Choice(BALANCE_MODES))
+    graceful_timeout: float = setting(30.0, "Seconds in-flight requests may take to finish on stop.",
+                                      type=click.FloatRange(0))
+    timeout: float = setting(30.0, "A worker silent this many seconds is killed and replaced.",
+                             type=click.FloatRange(0, min_open=True))
+    keep_alive: float = setting(5.0, "Seconds an idle keep-alive connection stays open.",
+                                type=click.FloatRange(0))
+    max_requests: int = setting(0, "Recycle a worker after this many requests (0: never).",
+                                type=click.IntRange(0))
+    max_requests_jitter: int = setting(0, "Add up to this many requests to --max-requests per worker.",
+                                       type=click.IntRange(0))
+    max_memory: int = setting(0, "Recycle a worker whose resident memory stays above this many MiB.",
+                              type=click.IntRange(0))
+    cert: str | None = setting(None, "TLS certificate (chain) file in PEM format.",
+                               type=click.Path(exists=True, dir_okay=False))
+    key: str | None = setting(None, "TLS private key file in PEM format.",
+                              type=click.Path(exists=True, dir_okay=False))
+    pid: str | None = setting(None, "Write the master's pid to this file.",
+                              type=click.Path(dir_okay=False))
+    access_log: bool = setting(False, "Log one line per request.",
+                               flag="--access-log/--no-access-log")
+    reload: bool = setting(False, "Development: rolling reload when a source file changes.",
+                           flag="--reload/--no-reload")
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def settings() -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(Config)
+
+
+def click_options() -> list[click.Option]:
+    """One click option per setting, each also read from ``FLASK_CLUSTER_RUN_<NAME>``."""
+    options = []
+    for item in settings():
+        meta = item.metadata
+        decls = [meta["flag"] or option_name(item.name), item.name]
+        options.append(click.Option(
+            decls,
+            type=None if meta["flag"] else meta["type"],
+            default=meta["cli_default"],
+            help=meta["help"],
+            envvar=ENV_PREFIX + item.name.upper(),
+            show_default=meta["cli_default"] is not None,
+            show_envvar=True,
+        ))
+    return options

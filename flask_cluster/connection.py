@@ -1,0 +1,156 @@
+"""One client connection inside a worker: read, parse, hand requests to the engine, write.
+
+Runs on the worker's loop thread only. Responses are written in request order (pipelining):
+the engine serves one request of a connection at a time and the next only when it is done.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from .protocol import HTTPError, RequestParser
+from .wsgi import error_response
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+READ_SIZE = 256 * 1024
+HIGH_WATER = 256 * 1024  # stop producing body chunks while this much waits for the client
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Connection:
+    __slots__ = ("sock", "engine", "parser", "out", "out_size", "current", "closing", "closed",
+                 "last_active", "want_write", "remote_addr", "remote_port", "error", "file")
+
+    def __init__(self, engine: Engine, sock: socket.socket, remote_addr: str, remote_port: str) -> None:
+        self.sock = sock
+        self.engine = engine
+        self.parser = RequestParser(engine.limits)
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.current: Any = None  # the exchange being answered, if any
+        self.closing = False      # close once everything queued is written
+        self.closed = False
+        self.want_write = False
+        self.last_active = time.monotonic()
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.error: HTTPError | None = None
+        self.file: tuple[int, int, int] | None = None  # (fd, offset, count) for os.sendfile
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in progress: no response, no unsent bytes, no partial request."""
+        return (self.current is None and not self.out and self.file is None
+                and not self.parser.requests and not self.parser.in_progress)
+
+    def push(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.last_active = time.monotonic()
+        if not data:
+            if self.idle:
+                self.close()
+            else:  # half-closed: answer what was asked, then close
+                self.closing = True
+                self.engine.stop_reading(self)
+                self.engine.serve(self)
+            return
+        if self.error is not None or self.closing:
+            return  # bytes after a refused request or after "Connection: close" are ignored
+        parser = self.parser
+        try:
+            parser.feed(data)
+        except HTTPError as exc:
+            self.error = exc
+        if parser.continue_wanted:
+            parser.continue_wanted = False
+            if parser.in_progress and self.current is None and not parser.requests:
+                self.push(CONTINUE)
+        if parser.upgraded:
+            self.closing = True
+        self.engine.serve(self)
+
+    def after_requests(self) -> None:
+        """Called by the engine when every parsed request is answered."""
+        if self.error is not None and not self.closing:
+            self.push(error_response(self.error.status, self.error.reason, keep_alive=False))
+            self.closing = True
+
+    def flush(self) -> None:
+        """Write what the kernel takes now; wait for writability for the rest."""
+        if self.closed:
+            return
+        if self.out:
+            data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent == len(data):
+                self.out.clear()
+                self.out_size = 0
+            else:
+                self.out = [data[sent:]]
+                self.out_size = len(data) - sent
+        if not self.out and self.file is not None and not self._send_file():
+            self.close()
+            return
+        pending = bool(self.out) or self.file is not None
+        if pending != self.want_write:
+            self.want_write = pending
+            self.engine.watch_writes(self, pending)
+        if not pending and self.closing and self.current is None and not self.parser.requests:
+            self.close()
+
+    def _send_file(self) -> bool:
+        """Advance an ``os.sendfile`` transfer; False when the connection broke."""
+        assert self.file is not None
+        fd, offset, count = self.file
+        while count > 0:
+            try:
+                sent = os.sendfile(self.sock.fileno(), fd, offset, min(count, 1 << 20))
+            except (BlockingIOError, InterruptedError):
+                self.file = (fd, offset, count)
+                return True
+            except OSError:
+                return False
+            if sent == 0:
+                break  # the file is shorter than announced
+            offset += sent
+            count -= sent
+        self.file = None
+        self.engine.file_sent(self)
+        return True
+
+    def on_writable(self) -> None:
+        self.last_active = time.monotonic()
+        self.flush()
+        if not self.closed and self.out_size < HIGH_WATER:
+            self.engine.resume(self)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.engine.forget(self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass

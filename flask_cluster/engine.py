@@ -1,0 +1,467 @@
+"""A worker's HTTP/1.1 engine: one ``selectors`` loop, the app inline or on a thread pool.
+
+Written here rather than taken from a library because it is the product: it decides the
+per-request cost, and a general-purpose server (asyncio, werkzeug's) spends several times our
+budget outside the app. The loop thread owns every socket. With ``threads == 1`` the app runs on
+the loop thread between reads and writes; with more, the app runs on a pool while the loop keeps
+reading and writing, and idle keep-alive connections never hold an app thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .access import AccessLog
+from .connection import HIGH_WATER, Connection
+from .protocol import Limits, Request
+from .wsgi import FileWrapper, Response, WSGIApp, build_environ, error_response
+
+log = logging.getLogger("flask_cluster.worker")
+
+TICK = 1.0  # seconds between housekeeping passes (heartbeat, keep-alive sweep)
+ACCEPT_BATCH = 32  # connections taken per wake-up, so one worker cannot hog a shared listener
+Reader = Callable[[], None]
+
+
+class InlineExchange:
+    """A response being produced on the loop thread; resumed when the client drains."""
+
+    __slots__ = ("response", "app_iter", "iterator", "request", "environ")
+
+    def __init__(self, response: Response, app_iter: Iterable[bytes], request: Request,
+                 environ: dict[str, Any]) -> None:
+        self.response = response
+        self.app_iter = app_iter
+        self.iterator: Iterator[bytes] = iter(app_iter)
+        self.request = request
+        self.environ = environ
+
+
+class ThreadedExchange:
+    """A response produced on a pool thread; chunks cross to the loop under a condition."""
+
+    __slots__ = ("engine", "conn", "request", "response", "cond", "chunks", "size", "done",
+                 "aborted", "file", "queued", "environ", "started")
+
+    def __init__(self, engine: Engine, conn: Connection, request: Request) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.request = request
+        self.response = Response(self.push, request)
+        self.cond = threading.Condition(threading.Lock())
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done = False
+        self.aborted = False  # the connection died: stop producing
+        self.file: tuple[int, int, int] | None = None
+        self.queued = False  # already in the loop's wake queue
+        self.environ: dict[str, Any] = {}
+        self.started = time.monotonic()
+
+    def push(self, data: bytes) -> None:
+        with self.cond:
+            if self.aborted:
+                raise ConnectionAbortedError("client connection closed")
+            self.chunks.append(data)
+            self.size += len(data)
+            self._notify_loop()
+            while self.size > HIGH_WATER and not self.aborted:
+                self.cond.wait()
+
+    def run(self) -> None:
+        engine = self.engine
+        try:
+            self.environ = engine.environ_for(self.conn, self.request)
+            engine.produce(self, self.environ, self.response)
+        finally:
+            with self.cond:
+                self.done = True
+                self._notify_loop()
+
+    def take(self) -> tuple[list[bytes], bool]:
+        """On the loop thread: the chunks produced so far, and whether production ended."""
+        with self.cond:
+            chunks, self.chunks = self.chunks, []
+            self.size = 0
+            self.queued = False
+            self.cond.notify()
+            return chunks, self.done
+
+    def abort(self) -> None:
+        with self.cond:
+            self.aborted = True
+            self.cond.notify()
+
+    def _notify_loop(self) -> None:
+        if not self.queued:
+            self.queued = True
+            self.engine.wake(self)
+
+
+class Engine:
+    def __init__(self, app: WSGIApp, *, threads: int, keep_alive: float, limits: Limits,
+                 base_environ: dict[str, Any], access_log: AccessLog | None,
+                 on_request: Callable[[int], None]) -> None:
+        self.app = app
+        self.limits = limits
+        self.keep_alive = keep_alive
+        self.base_environ = base_environ
+        self.access_log = access_log
+        self.on_request = on_request  # +1 when a request starts, -1 when it ends
+        self.selector = selectors.DefaultSelector()
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.deadline = 0.0
+        self.tick_callbacks: list[Callable[[float], None]] = []
+        self.idle_callbacks: list[Callable[[], None]] = []  # after every batch of events
+        self.pool: ThreadPoolExecutor | None = None
+        self._wake_queue: deque[ThreadedExchange] = deque()
+        if threads > 1:
+            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="app")
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self.add_reader(self._wake_r, self._on_wake)
+
+    # -- sources ----------------------------------------------------------------------------
+
+    def add_reader(self, fileobj: Any, callback: Reader) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fileobj: Any) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def accept_from(self, listener: socket.socket) -> None:
+        """Accept connections on ``listener`` ourselves (``shared`` and ``reuseport``)."""
+
+        def accept() -> None:
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, _addr = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # EMFILE and friends: keep serving who we have
+                    log.warning("accept failed: %s", exc)
+                    return
+                self.add_connection(sock)
+
+        self.add_reader(listener, accept)
+
+    def add_connection(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                peer = sock.getpeername()
+            except OSError:  # already reset by the client
+                sock.close()
+                return
+            addr, port = peer[0], str(peer[1])
+        else:
+            addr, port = "", ""
+        conn = Connection(self, sock, addr, port)
+        self.connections.add(conn)
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def watch_writes(self, conn: Connection, on: bool) -> None:
+        events = selectors.EVENT_WRITE if on else 0
+        if not conn.closing or conn.parser.requests:
+            events |= selectors.EVENT_READ
+        if not events:
+            events = selectors.EVENT_READ  # keep it registered to notice a reset
+        self.selector.modify(conn.sock, events, conn)
+
+    def stop_reading(self, conn: Connection) -> None:
+        if conn.want_write:
+            self.selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        else:
+            self.selector.unregister(conn.sock)
+            self.selector.register(conn.sock, selectors.EVENT_WRITE, conn)
+            conn.want_write = True
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        current = conn.current
+        if isinstance(current, ThreadedExchange):
+            current.abort()
+        elif isinstance(current, InlineExchange):
+            conn.current = None
+            self._close_iterable(current.app_iter)
+            self.on_request(-1)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def environ_for(self, conn: Connection, request: Request) -> dict[str, Any]:
+        return build_environ(request, self.base_environ, conn.remote_addr, conn.remote_port)
+
+    def serve(self, conn: Connection) -> None:
+        """Answer the connection's parsed requests in order, one at a time."""
+        requests = conn.parser.requests
+        while conn.current is None and requests and not conn.closed:
+            request = requests.popleft()
+            if self.stopping:
+                request.keep_alive = False
+            self.on_request(1)
+            if self.pool is None:
+                self._start_inline(conn, request)
+            else:
+                exchange = ThreadedExchange(self, conn, request)
+                conn.current = exchange
+                self.pool.submit(exchange.run)
+        if conn.current is None and not requests:
+            conn.after_requests()
+        conn.flush()
+
+    def _start_inline(self, conn: Connection, request: Request) -> None:
+        response = Response(conn.push, request)
+        environ = self.environ_for(conn, request)
+        try:
+            app_iter = self.app(environ, response.start_response)
+        except Exception:
+            self._app_failed(conn, response, environ)
+            self._finish(conn, response, request, environ)
+            return
+        exchange = InlineExchange(response, app_iter, request, environ)
+        conn.current = exchange
+        if self._start_file(conn, response, app_iter):
+            return
+        self._pump(conn, exchange)
+
+    def _pump(self, conn: Connection, exchange: InlineExchange) -> None:
+        response = exchange.response
+        try:
+            for chunk in exchange.iterator:
+                response.write(chunk)
+                if conn.out_size > HIGH_WATER:
+                    conn.flush()
+                    if conn.out_size > HIGH_WATER or conn.closed:
+                        return  # resumed from on_writable
+            response.finish()
+        except Exception:
+            self._app_failed(conn, response, exchange.environ)
+        conn.current = None
+        self._close_iterable(exchange.app_iter)
+        self._finish(conn, response, exchange.request, exchange.environ)
+
+    def produce(self, exchange: ThreadedExchange, environ: dict[str, Any], response: Response) -> None:
+        """On a pool thread: call the app and feed its body to the exchange."""
+        app_iter: Iterable[bytes] = ()
+        try:
+            app_iter = self.app(environ, response.start_response)
+            file = file_to_send(response, app_iter)
+            if file is not None:
+                exchange.file = file
+                return
+            for chunk in app_iter:
+                response.write(chunk)
+            response.finish()
+        except ConnectionAbortedError:
+            pass
+        except Exception:
+            if not exchange.aborted:
+                self._app_failed(None, response, environ, sink=exchange.push)
+        finally:
+            if exchange.file is None:
+                self._close_iterable(app_iter)
+            else:
+                exchange.environ["flask_cluster.file_iter"] = app_iter
+
+    def resume(self, conn: Connection) -> None:
+        """The client drained its buffer: produce more of the response in progress."""
+        current = conn.current
+        if isinstance(current, InlineExchange) and conn.file is None:
+            self._pump(conn, current)
+            self.serve(conn)
+        elif isinstance(current, ThreadedExchange):
+            self._transfer(current)
+
+    def _start_file(self, conn: Connection, response: Response, app_iter: Iterable[bytes]) -> bool:
+        file = file_to_send(response, app_iter)
+        if file is None:
+            return False
+        conn.file = file
+        conn.flush()
+        return True
+
+    def file_sent(self, conn: Connection) -> None:
+        current = conn.current
+        conn.current = None
+        if isinstance(current, InlineExchange):
+            self._close_iterable(current.app_iter)
+            self._finish(conn, current.response, current.request, current.environ)
+        elif isinstance(current, ThreadedExchange):
+            self._close_iterable(current.environ.pop("flask_cluster.file_iter", ()))
+            self._finish(conn, current.response, current.request, current.environ)
+        self.serve(conn)
+
+    def _finish(self, conn: Connection, response: Response, request: Request,
+                environ: dict[str, Any]) -> None:
+        self.on_request(-1)
+        if not response.keep_alive or not request.keep_alive:
+            conn.closing = True
+            conn.parser.requests.clear()  # pipelined requests after a close are not answered
+        if self.access_log is not None:
+            self.access_log.write(environ, response)
+
+    def _app_failed(self, conn: Connection | None, response: Response, environ: dict[str, Any],
+                    sink: Callable[[bytes], None] | None = None) -> None:
+        log.exception("error handling %s %s", environ.get("REQUEST_METHOD"), environ.get("RAW_URI"))
+        if response.headers_sent:
+            response.keep_alive = False  # the client has part of a response: only a close is honest
+            if conn is not None:
+                conn.closing = True
+            return
+        response.status = "500 Internal Server Error"
+        response.status_code = 500
+        response.held = None
+        response.headers_sent = True
+        push = sink or (conn.push if conn is not None else None)
+        if push is not None:
+            push(error_response(500, "Internal Server Error", keep_alive=response.keep_alive))
+
+    @staticmethod
+    def _close_iterable(app_iter: Iterable[bytes]) -> None:
+        close = getattr(app_iter, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("error closing the response iterable")
+
+    # -- threads ----------------------------------------------------------------------------
+
+    def wake(self, exchange: ThreadedExchange) -> None:
+        """From a pool thread: tell the loop that ``exchange`` has something."""
+        self._wake_queue.append(exchange)
+        try:
+            self._wake_w.send(b"\0")
+        except BlockingIOError:
+            pass  # the loop has wake-ups pending already
+
+    def _on_wake(self) -> None:
+        try:
+            self._wake_r.recv(4096)
+        except BlockingIOError:
+            pass
+        queue = self._wake_queue
+        while queue:
+            self._transfer(queue.popleft())
+
+    def _transfer(self, exchange: ThreadedExchange) -> None:
+        conn = exchange.conn
+        if conn.closed or conn.current is not exchange or conn.out_size > HIGH_WATER:
+            return
+        chunks, done = exchange.take()
+        for chunk in chunks:
+            conn.push(chunk)
+        if done and exchange.file is not None:
+            conn.file = exchange.file
+            exchange.file = None
+            conn.flush()
+            return
+        if done:
+            conn.current = None
+            self._finish(conn, exchange.response, exchange.request, exchange.environ)
+            self.serve(conn)
+        else:
+            conn.flush()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until :meth:`begin_stop` was called and every connection is done (or the
+        graceful deadline passed)."""
+        select = self.selector.select
+        next_tick = time.monotonic() + TICK
+        while True:
+            for key, mask in select(TICK):
+                target = key.data
+                if type(target) is Connection:
+                    if mask & selectors.EVENT_READ:
+                        target.on_readable()
+                    if mask & selectors.EVENT_WRITE and not target.closed:
+                        target.on_writable()
+                else:
+                    target()
+            for callback in self.idle_callbacks:
+                callback()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK
+                self._housekeeping(now)
+            if self.stopping and (not self.connections or now >= self.deadline):
+                break
+
+    def _housekeeping(self, now: float) -> None:
+        for callback in self.tick_callbacks:
+            callback(now)
+        limit = now - self.keep_alive
+        for conn in list(self.connections):
+            if conn.last_active < limit and conn.current is None and not conn.out:
+                conn.close()  # idle keep-alive, or a client that stalled mid-request
+        if self.stopping:
+            self._close_idle()
+
+    def begin_stop(self, graceful_timeout: float) -> None:
+        """Stop taking new requests; let those in progress finish within the timeout."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.deadline = time.monotonic() + graceful_timeout
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+            else:
+                conn.closing = True
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.selector.close()
+
+
+def file_to_send(response: Response, app_iter: Iterable[bytes]) -> tuple[int, int, int] | None:
+    """For a ``wsgi.file_wrapper`` around a regular file: send the headers now and return
+    ``(fd, offset, count)`` for ``os.sendfile``; ``None`` to iterate the body instead."""
+    if type(app_iter) is not FileWrapper or response.head:
+        return None
+    fileno = getattr(app_iter.filelike, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+        info = os.fstat(fd)
+        offset = app_iter.filelike.tell() if hasattr(app_iter.filelike, "tell") else 0
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    count = max(0, info.st_size - offset)
+    declared = response.declared_length()
+    if declared is not None:
+        count = min(count, declared)
+    response.send_headers(count)
+    response.body_bytes = count
+    return fd, offset, count

@@ -1,0 +1,218 @@
+"""``FlaskCluster``: the Flask extension views talk to.
+
+It never imports the worker or the master. Under ``flask cluster-run`` it finds this process's
+role in :mod:`flask_cluster.runtime`; anywhere else (``flask run``, the test client) the same
+calls run in-process, so code and tests work unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flask import Flask, current_app
+
+from . import runtime
+
+log = logging.getLogger("flask_cluster")
+
+Handler = Callable[[Any], Any]
+Hook = Callable[[], Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+"""The largest pickled ``data`` a broadcast or gather may carry."""
+
+
+class MessageError(ValueError):
+    """``data`` cannot be sent: it does not pickle, or it is larger than the limit."""
+
+
+class GatherIncomplete(Exception):
+    """Some workers did not answer in time, or their handler raised.
+
+    ``replies`` maps worker id to the value of every worker that answered; ``missing`` lists the
+    ids that did not answer within the timeout; ``errors`` maps worker id to the error text.
+    """
+
+    def __init__(self, replies: dict[int, Any], missing: list[int], errors: dict[int, str]) -> None:
+        self.replies = replies
+        self.missing = missing
+        self.errors = errors
+        parts = []
+        if missing:
+            parts.append(f"no reply from worker(s) {', '.join(map(str, missing))}")
+        if errors:
+            parts.append("; ".join(f"worker {wid} failed: {text}" for wid, text in errors.items()))
+        super().__init__("; ".join(parts))
+
+
+@dataclass
+class _AppState:
+    """What ``app.extensions["cluster"]`` holds."""
+
+    extension: FlaskCluster
+    app: Flask = field(repr=False)
+
+
+class FlaskCluster:
+    """Run a Flask app as a pre-fork cluster and let its workers talk to each other."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._start_hooks: list[Hook] = []
+        self._stop_hooks: list[Hook] = []
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register with ``app``; stores itself in ``app.extensions["cluster"]``."""
+        app.config.setdefault("CLUSTER_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES)
+        app.extensions["cluster"] = _AppState(self, app)
+
+    # -- registration -----------------------------------------------------------------------
+
+    def on(self, topic: str) -> Callable[[F], F]:
+        """Register a handler for ``topic``; it runs in every worker, inside an app context.
+
+        Several handlers per topic are allowed. For :meth:`gather`, a worker's reply is the
+        return value of the last of its handlers that returned something other than ``None``.
+        """
+
+        def register(handler: F) -> F:
+            self._handlers[topic].append(handler)
+            return handler
+
+        return register
+
+    def on_worker_start(self, hook: F) -> F:
+        """Run ``hook()`` in each worker after it loaded the app, before it serves."""
+        self._start_hooks.append(hook)
+        return hook
+
+    def on_worker_stop(self, hook: F) -> F:
+        """Run ``hook()`` in each worker after it served its last request."""
+        self._stop_hooks.append(hook)
+        return hook
+
+    # -- where am I -------------------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> int | None:
+        """This worker's slot ``0 .. worker_count-1``; ``None`` outside ``cluster-run``."""
+        return runtime.current.worker_id if runtime.current else None
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers the cluster runs (1 outside ``cluster-run``)."""
+        return runtime.current.worker_count if runtime.current else 1
+
+    @property
+    def is_worker(self) -> bool:
+        """True in a worker process of ``flask cluster-run``."""
+        return runtime.current is not None
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def broadcast(self, topic: str, data: Any = None, *, include_self: bool = True) -> None:
+        """Run ``topic``'s handlers in every live worker; returns at once.
+
+        Every worker sees all broadcasts in one order. Raises :class:`MessageError` here, in
+        the caller, when ``data`` cannot be pickled or is too large.
+        """
+        payload = self._pack(data)
+        if runtime.current is None:
+            if include_self:
+                self.handle(topic, payload)
+            return
+        runtime.current.messenger.broadcast(topic, payload, include_self)
+
+    def gather(self, topic: str, data: Any = None, *, timeout: float = 2.0) -> list[Any]:
+        """Ask every live worker; their replies in ``worker_id`` order.
+
+        Raises :class:`GatherIncomplete` (carrying the replies that did come) when a worker does
+        not answer within ``timeout`` seconds or its handler raises: nobody is left out silently.
+        """
+        payload = self._pack(data)
+        if runtime.current is None:
+            ok, value = self.handle(topic, payload)
+            answers = [(0, os.getpid(), runtime.OK if ok else runtime.ERROR, value)]
+        else:
+            answers = runtime.current.messenger.gather(topic, payload, timeout)
+        replies: dict[int, Any] = {}
+        errors: dict[int, str] = {}
+        missing: list[int] = []
+        for worker_id, _pid, status, value in answers:
+            if status == runtime.OK:
+                replies[worker_id] = value
+            elif status == runtime.ERROR:
+                errors[worker_id] = str(value)
+            else:
+                missing.append(worker_id)
+        if missing or errors:
+            raise GatherIncomplete(replies, missing, errors)
+        return [replies[worker_id] for worker_id in sorted(replies)]
+
+    # -- used by the worker -----------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> tuple[bool, Any]:
+        """Run ``topic``'s handlers on ``payload``: ``(True, reply)`` or ``(False, error text)``.
+
+        A handler that raises is logged with its traceback; the others still run.
+        """
+        handlers = self._handlers.get(topic, ())
+        data = pickle.loads(payload)
+        reply = None
+        error = None
+        for handler in handlers:
+            try:
+                result = handler(data)
+            except Exception as exc:
+                log.exception("handler %r for topic %r raised", handler, topic)
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                if result is not None:
+                    reply = result
+        if error is not None:
+            return False, error
+        return True, reply
+
+    def run_start_hooks(self) -> None:
+        for hook in self._start_hooks:
+            hook()
+
+    def run_stop_hooks(self) -> None:
+        for hook in self._stop_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("on_worker_stop hook %r raised", hook)
+
+    def _pack(self, data: Any) -> bytes:
+        try:
+            payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise MessageError(f"cannot pickle {type(data).__name__}: {exc}") from exc
+        limit = _message_limit()
+        if len(payload) > limit:
+            raise MessageError(f"message is {len(payload)} bytes pickled, more than the {limit} "
+                               "byte limit (CLUSTER_MAX_MESSAGE_BYTES)")
+        return payload
+
+
+def _message_limit() -> int:
+    try:
+        return int(current_app.config.get("CLUSTER_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES))
+    except RuntimeError:  # no app context: use the default
+        return MAX_MESSAGE_BYTES
+
+
+def extension_of(app: Flask) -> FlaskCluster | None:
+    """The :class:`FlaskCluster` registered on ``app``, if any."""
+    state = app.extensions.get("cluster")
+    return state.extension if isinstance(state, _AppState) else None

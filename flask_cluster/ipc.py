@@ -1,0 +1,159 @@
+"""The wire between the master and a worker: the only module that knows it.
+
+Two socket pairs per worker, made before the fork:
+
+* the **hand-off** channel, ``AF_UNIX``/``SOCK_SEQPACKET``: the master passes each accepted
+  connection's file descriptor (``SCM_RIGHTS`` via :func:`socket.send_fds`), one per packet, so
+  packet boundaries keep descriptors and messages apart;
+* the **message** channel, ``AF_UNIX``/``SOCK_STREAM`` (what :func:`multiprocessing.Pipe` is on
+  POSIX, used directly so both ends can be non-blocking): frames of a 4-byte big-endian length and
+  a pickled envelope ``(kind, args)``. Envelopes hold only builtins; user data travels inside
+  them as bytes pickled by the sender, so the master never unpickles (or imports) app objects.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+from typing import Any
+
+FRAME_HEADER = struct.Struct("!I")
+MAX_FRAME = 64 * 1024 * 1024
+RECV_CHUNK = 256 * 1024
+
+# Envelope kinds. Worker -> master:
+READY = "ready"              # ()
+BOOT_FAILED = "boot-failed"  # (reason: str)
+# Both ways:
+BROADCAST = "broadcast"      # w->m (topic, payload, include_self); m->w (seq, topic, payload)
+GATHER = "gather"            # w->m (request_id, topic, payload, timeout); m->w (gather_id, topic, payload)
+REPLY = "reply"              # w->m (gather_id, ok, payload)
+GATHERED = "gathered"        # m->w (request_id, replies: list[(worker_id, pid, ok, payload)], missing)
+
+
+class ChannelClosed(Exception):
+    """The other end of a channel is gone (the master or the worker died)."""
+
+
+def encode(kind: str, *args: Any) -> bytes:
+    return pickle.dumps((kind, args), pickle.HIGHEST_PROTOCOL)
+
+
+def decode(frame: bytes) -> tuple[str, tuple[Any, ...]]:
+    kind, args = pickle.loads(frame)
+    return kind, args
+
+
+def channel_pairs() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    """(master message end, worker message end, master hand-off end, worker hand-off end)."""
+    master_msg, worker_msg = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    master_fd, worker_fd = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in (master_msg, worker_msg, master_fd, worker_fd):
+        sock.setblocking(False)
+    return master_msg, worker_msg, master_fd, worker_fd
+
+
+class MessageChannel:
+    """Framed, non-blocking messages over one end of a socket pair, with an outgoing buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._in = bytearray()
+        self._out = bytearray()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued but not yet taken by the kernel."""
+        return len(self._out)
+
+    def queue(self, frame: bytes) -> None:
+        if len(frame) > MAX_FRAME:
+            raise ValueError(f"message of {len(frame)} bytes exceeds the {MAX_FRAME} byte frame limit")
+        self._out += FRAME_HEADER.pack(len(frame))
+        self._out += frame
+
+    def flush(self) -> bool:
+        """Send what the kernel takes now; True when nothing is left queued."""
+        while self._out:
+            try:
+                sent = self.sock.send(self._out)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
+            del self._out[:sent]
+        return True
+
+    def send_now(self, frame: bytes, timeout: float = 5.0) -> None:
+        """Queue and push out everything queued, waiting for the peer up to ``timeout``."""
+        self.queue(frame)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.sendall(self._out)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        finally:
+            self.sock.setblocking(False)
+        self._out.clear()
+
+    def receive(self) -> list[bytes]:
+        """Every complete frame readable now; raises :class:`ChannelClosed` at end of stream."""
+        while True:
+            try:
+                data = self.sock.recv(RECV_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
+            if not data:
+                raise ChannelClosed("end of stream")
+            self._in += data
+            if len(data) < RECV_CHUNK:
+                break
+        frames = []
+        view = self._in
+        start = 0
+        while len(view) - start >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(view, start)
+            end = start + FRAME_HEADER.size + length
+            if end > len(view):
+                break
+            frames.append(bytes(view[start + FRAME_HEADER.size:end]))
+            start = end
+        del self._in[:start]
+        return frames
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def send_connection(channel: socket.socket, fd: int) -> bool:
+    """Pass one connection to a worker. False when its queue is full (try another worker);
+    :class:`ChannelClosed` when the worker is gone."""
+    try:
+        socket.send_fds(channel, [b"c"], [fd])
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        raise ChannelClosed(str(exc)) from exc
+    return True
+
+
+def receive_connections(channel: socket.socket, limit: int) -> list[socket.socket]:
+    """Up to ``limit`` connections passed by the master; :class:`ChannelClosed` if it is gone."""
+    connections = []
+    for _ in range(limit):
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(channel, 1, 1)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if not data and not fds:
+            raise ChannelClosed("end of stream")
+        connections.extend(socket.socket(fileno=fd) for fd in fds)
+    return connections

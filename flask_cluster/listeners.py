@@ -1,0 +1,126 @@
+"""The listening sockets: TCP, Unix, inherited from systemd, and per-worker ``SO_REUSEPORT``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+
+BACKLOG = 2048  # as gunicorn and nginx: a burst of connects waits in the kernel, not refused
+SD_LISTEN_FDS_START = 3
+
+
+class ListenError(Exception):
+    """The address cannot be listened on; the message says why in one line."""
+
+
+def open_listener(host: str, port: int, uds: str | None, *, reuseport: bool) -> socket.socket:
+    """The master's listening socket: inherited from systemd if there is one, else a new one.
+
+    With ``reuseport`` the master's socket is bound but never listens: it holds the port (and
+    resolves port 0) while each worker listens on a socket of its own bound to the same address.
+    """
+    inherited = systemd_listeners()
+    if inherited:
+        if reuseport:
+            raise ListenError("--balance reuseport cannot use a socket passed by systemd")
+        return inherited[0]
+    if uds is not None:
+        return _unix_listener(uds)
+    return _tcp_socket(host, port, reuseport=reuseport, listen=not reuseport)
+
+
+def reuseport_listener(address: tuple[str, int], family: socket.AddressFamily) -> socket.socket:
+    """A worker's own listening socket on the master's address (``--balance reuseport``)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _tcp_socket(host: str, port: int, *, reuseport: bool, listen: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                raise ListenError("--balance reuseport needs SO_REUSEPORT, which this OS lacks")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def _unix_listener(path: str) -> socket.socket:
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead server; refuse to touch a live one or a non-socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenError(f"cannot listen on unix:{path}: it exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise ListenError(f"cannot listen on unix:{path}: another server is listening there")
+    finally:
+        probe.close()
+
+
+def systemd_listeners() -> list[socket.socket]:
+    """Sockets passed by systemd socket activation (``LISTEN_FDS``), consumed once."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def describe(sock: socket.socket, *, tls: bool = False) -> str:
+    """The address a user would type: ``http://127.0.0.1:5000`` or ``unix:/run/app.sock``."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    host, port = name[0], name[1]
+    if sock.family == socket.AF_INET6:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def close_quietly(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()

@@ -1,0 +1,590 @@
+"""The master: binds once, forks workers, hands them connections, supervises them.
+
+Signal handlers only record the signal; the loop acts on it (gunicorn's arbiter does the same).
+The master never imports the app: workers load it after the fork, so a reload picks up new code.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import ipc
+from .broker import MAX_WORKER_BACKLOG, Broker
+from .config import Config
+from .cpus import usable_cpus
+from .dispatch import chooser, hand_off
+from .listeners import close_quietly, describe, open_listener
+from .proctitle import set_title
+from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, Scoreboard, now_ms
+from .worker import EXIT_BOOT_ERROR, Worker, WorkerSockets
+
+log = logging.getLogger("flask_cluster.master")
+
+EXIT_CLEAN = 0
+EXIT_APP_LOAD_ERROR = 3
+EXIT_CRASH_LOOP = 4
+MAX_BOOT_CRASHES = 5  # workers dying before they are ready, in a row, before the master gives up
+BACKOFF_START = 0.1
+BACKOFF_CAP = 15.0  # pm2's exp_backoff_restart_delay grows to 15 s as well
+STABLE_AFTER = 30.0  # a worker that lived this long resets its slot's backoff
+KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
+ACCEPT_BATCH = 64
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+
+
+class WorkerHandle:
+    """The master's record of one worker process."""
+
+    def __init__(self, worker_id: int, slot: int, pid: int, channel: ipc.MessageChannel,
+                 handoff: socket.socket | None, scoreboard: Scoreboard) -> None:
+        self.worker_id = worker_id
+        self.slot = slot
+        self.pid = pid
+        self.channel = channel
+        self.handoff = handoff
+        self.scoreboard = scoreboard
+        self.state = "booting"  # -> ready -> retiring (told to stop) ; dead when reaped
+        self.started = time.monotonic()
+        self.kill_at: float | None = None  # SIGKILL if still alive then
+        self.boot_error: str | None = None
+        self.restarts = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.scoreboard.get(self.slot, IN_FLIGHT)
+
+    def __repr__(self) -> str:
+        return f"worker {self.worker_id} (pid {self.pid})"
+
+
+class MasterExit(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Master:
+    def __init__(self, config: Config, load_app: Callable[[], Any], app_name: str) -> None:
+        self.config = config
+        self.load_app = load_app
+        self.app_name = app_name
+        self.workers: dict[int, WorkerHandle] = {}  # by pid
+        self.target = config.workers or usable_cpus()
+        self.scoreboard = Scoreboard(slots=max(64, self.target * 4))
+        self.selector = selectors.DefaultSelector()
+        self.signals: deque[int] = deque()
+        self.listener: socket.socket | None = None
+        self.waiting: deque[socket.socket] = deque()  # accepted, no worker could take it yet
+        self.chooser = chooser(config.balance)
+        self.broker = Broker(self._send_to)
+        self.respawn_at: dict[int, float] = {}  # worker_id -> when to spawn it again
+        self.backoff: dict[int, float] = {}
+        self._restarts: dict[int, int] = {}  # worker_id -> restarts so far, for status
+        self.boot_crashes = 0
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit: MasterExit | None = None
+        self.reload_queue: deque[int] = deque()  # worker ids still to replace in a rolling reload
+        self.address = ""
+        self.pid = os.getpid()
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- life ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        set_title(f"flask-cluster master [{self.app_name}]")
+        config = self.config
+        self.listener = open_listener(config.host, config.port, config.uds,
+                                      reuseport=config.balance == "reuseport")
+        self.address = describe(self.listener)
+        self._write_pid()
+        self._install_signals()
+        if self._master_accepts:
+            self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.scoreboard.worker_count = self.target
+        for worker_id in range(self.target):
+            self._spawn(worker_id)
+        print(f"flask-cluster: serving {self.app_name} on {self.address} with {self.target} "
+              f"worker{'s' if self.target != 1 else ''} (balance {config.balance}, "
+              f"threads {config.threads}), master pid {self.pid}", file=sys.stderr, flush=True)
+        try:
+            while not self._finished():
+                self._loop_once()
+        finally:
+            self._cleanup()
+        if self.exit is not None and self.exit.code != EXIT_CLEAN:
+            print(f"flask-cluster: {self.exit}", file=sys.stderr, flush=True)
+            return self.exit.code
+        return EXIT_CLEAN
+
+    @property
+    def _master_accepts(self) -> bool:
+        return self.config.balance in ("round-robin", "least-busy")
+
+    def _finished(self) -> bool:
+        return self.stopping and not self.workers
+
+    def _loop_once(self) -> None:
+        timeout = self._next_timeout()
+        for key, mask in self.selector.select(timeout):
+            callback = key.data
+            callback(key.fileobj, mask)
+        self._handle_signals()
+        self._reap()
+        now = time.monotonic()
+        self.broker.expire(now)
+        self._retry_waiting()
+        self._check_workers(now)
+        self._respawn_due(now)
+        if self.stopping and now >= self.stop_deadline:
+            self._kill_all(signal.SIGKILL)
+
+    def _next_timeout(self) -> float:
+        if self.waiting:
+            return 0.01
+        deadlines = [time.monotonic() + 1.0, *self.respawn_at.values()]
+        gather = self.broker.next_deadline()
+        if gather is not None:
+            deadlines.append(gather)
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _spawn(self, worker_id: int) -> WorkerHandle:
+        slot = self.scoreboard.free_slot({handle.slot for handle in self.workers.values()})
+        self.scoreboard.reset(slot, 0)
+        master_msg, worker_msg, master_fd, worker_fd = ipc.channel_pairs()
+        if not self._master_accepts:
+            master_fd.close()
+            worker_fd.close()
+        config = self.config
+        listener = self.listener
+        assert listener is not None
+        sockets = WorkerSockets(
+            messages=worker_msg,
+            handoff=worker_fd if self._master_accepts else None,
+            listener=listener if config.balance == "shared" else None,
+            reuseport=(listener.getsockname(), listener.family)
+            if config.balance == "reuseport" else None,
+        )
+        worker = Worker(worker_id, slot, config, self.load_app, self.app_name, self.scoreboard,
+                        sockets, self._server_address(), self.pid)
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(worker, keep={worker_msg, worker_fd, listener}
+                                if config.balance == "shared" else {worker_msg, worker_fd},
+                                drop=[master_msg, master_fd])
+        worker_msg.close()
+        if self._master_accepts:
+            worker_fd.close()
+        self.scoreboard.set(slot, 0, pid)
+        handle = WorkerHandle(worker_id, slot, pid, ipc.MessageChannel(master_msg),
+                              master_fd if self._master_accepts else None, self.scoreboard)
+        self.workers[pid] = handle
+        self.selector.register(master_msg, selectors.EVENT_READ, self._on_channel(handle))
+        return handle
+
+    def _become_worker(self, worker: Worker, keep: set[socket.socket],
+                       drop: list[socket.socket]) -> None:
+        """In the child: shed everything of the master's, run the worker, never return."""
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            for sock in drop:
+                sock.close()
+            for handle in self.workers.values():
+                handle.channel.close()
+                close_quietly(handle.handoff)
+            for sock in self.waiting:
+                sock.close()
+            if self.listener not in keep:
+                close_quietly(self.listener)
+            self._wake_r.close()
+            self._wake_w.close()
+            self.selector.close()  # our copy of the epoll fd only: the master's stays intact
+            code = worker.run()
+        except BaseException:  # noqa: BLE001 - nothing may escape into the master's code
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _server_address(self) -> tuple[str, str]:
+        assert self.listener is not None
+        if self.listener.family == socket.AF_UNIX:
+            return "localhost", ""
+        host, port = self.listener.getsockname()[:2]
+        return host, str(port)
+
+    @property
+    def _live(self) -> list[WorkerHandle]:
+        """Ready workers in worker-id order: who gets connections and messages."""
+        ready = [handle for handle in self.workers.values() if handle.state == "ready"]
+        ready.sort(key=lambda handle: handle.worker_id)
+        return ready
+
+    def _on_channel(self, handle: WorkerHandle) -> Callable[[Any, int], None]:
+        def on_event(_sock: Any, mask: int) -> None:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(handle)
+            if mask & selectors.EVENT_READ:
+                self._read_channel(handle)
+
+        return on_event
+
+    def _read_channel(self, handle: WorkerHandle) -> None:
+        try:
+            frames = handle.channel.receive()
+        except ipc.ChannelClosed:
+            self._unwatch(handle)
+            return
+        for frame in frames:
+            kind, args = ipc.decode(frame)
+            if kind == ipc.READY:
+                self._ready(handle)
+            elif kind == ipc.BOOT_FAILED:
+                handle.boot_error = args[0]
+            elif handle.state == "ready":
+                self.broker.receive(handle, kind, args, self._live)
+
+    def _ready(self, handle: WorkerHandle) -> None:
+        handle.state = "ready"
+        self.boot_crashes = 0
+        log.info("%s ready", handle)
+        if self.reload_queue and self.reload_queue[0] == handle.worker_id:
+            self._retire_older(handle)
+            self.reload_queue.popleft()
+            self._continue_reload()
+
+    def _send_to(self, peer: Any, frame: bytes) -> None:
+        handle: WorkerHandle = peer
+        channel = handle.channel
+        channel.queue(frame)
+        if channel.pending > MAX_WORKER_BACKLOG:
+            log.error("%s is %d bytes behind on messages: treating it as stuck and replacing it",
+                      handle, channel.pending)
+            self._replace(handle)
+            return
+        self._flush(handle)
+
+    def _flush(self, handle: WorkerHandle) -> None:
+        try:
+            done = handle.channel.flush()
+        except ipc.ChannelClosed:
+            self._unwatch(handle)
+            return
+        events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        try:
+            self.selector.modify(handle.channel.sock, events, self._on_channel(handle))
+        except (KeyError, ValueError):
+            pass
+
+    def _unwatch(self, handle: WorkerHandle) -> None:
+        try:
+            self.selector.unregister(handle.channel.sock)
+        except (KeyError, ValueError):
+            pass
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket, _mask: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept failed: %s", exc)
+                    return
+                raise
+            if self.waiting or not self._dispatch(conn):
+                self._wait(conn)
+
+    def _dispatch(self, conn: socket.socket) -> bool:
+        if not hand_off(conn, self.chooser.order(self._live), self._lost):
+            return False
+        conn.close()
+        return True
+
+    def _wait(self, conn: socket.socket) -> None:
+        """No worker can take ``conn`` now: hold it, and stop accepting until one can."""
+        self.waiting.append(conn)
+        if self.listener is not None and len(self.waiting) == 1:
+            try:
+                self.selector.unregister(self.listener)
+            except (KeyError, ValueError):
+                pass
+
+    def _retry_waiting(self) -> None:
+        while self.waiting and self._dispatch(self.waiting[0]):
+            self.waiting.popleft()
+        if not self.waiting and self.listener is not None and not self.stopping \
+                and self._master_accepts:
+            try:
+                self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+            except KeyError:
+                pass  # already registered
+
+    def _lost(self, target: Any) -> None:
+        handle: WorkerHandle = target
+        if handle.state == "ready":
+            log.warning("%s is gone; no more connections for it", handle)
+            handle.state = "dead"
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._record_signal)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
+
+    def _record_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.append(signum)
+
+    def _drain_wakeups(self, sock: socket.socket, _mask: int) -> None:
+        try:
+            while sock.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.stop(graceful=True)
+            elif signum == signal.SIGQUIT:
+                self.stop(graceful=False)
+            elif signum == signal.SIGHUP:
+                self.reload()
+            elif signum == signal.SIGTTIN:
+                self.scale(self.target + 1)
+            elif signum == signal.SIGTTOU:
+                self.scale(self.target - 1)
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def stop(self, *, graceful: bool) -> None:
+        if self.stopping and graceful:
+            return
+        log.info("%s stop", "graceful" if graceful else "fast")
+        self.stopping = True
+        self.respawn_at.clear()
+        self.reload_queue.clear()
+        if self.listener is not None:
+            try:
+                self.selector.unregister(self.listener)
+            except (KeyError, ValueError):
+                pass
+        self._retry_waiting()  # connections already accepted still get an answer
+        for conn in self.waiting:
+            conn.close()
+        self.waiting.clear()
+        grace = self.config.graceful_timeout if graceful else 0.0
+        self.stop_deadline = time.monotonic() + grace + KILL_GRACE
+        self._kill_all(signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    def reload(self) -> None:
+        """Replace every worker, one at a time, each only after its successor is ready."""
+        if self.stopping:
+            return
+        if self.reload_queue:
+            log.info("reload requested during a reload: restarting it")
+        log.info("rolling reload of %d workers", self.target)
+        self.reload_queue = deque(range(self.target))
+        self._continue_reload()
+
+    def _continue_reload(self) -> None:
+        while self.reload_queue:
+            worker_id = self.reload_queue[0]
+            if worker_id >= self.target:
+                self.reload_queue.popleft()
+                continue
+            self._spawn(worker_id)
+            return
+        log.info("reload complete")
+
+    def _retire_older(self, successor: WorkerHandle) -> None:
+        for handle in list(self.workers.values()):
+            if handle.worker_id == successor.worker_id and handle is not successor \
+                    and handle.state in ("ready", "booting"):
+                self._retire(handle)
+
+    def scale(self, count: int) -> None:
+        if self.stopping:
+            return
+        count = max(1, count)
+        if count == self.target:
+            return
+        log.info("scaling from %d to %d workers", self.target, count)
+        previous, self.target = self.target, count
+        self.scoreboard.worker_count = count
+        for worker_id in range(previous, count):
+            self._spawn(worker_id)
+        for handle in list(self.workers.values()):
+            if handle.worker_id >= count:
+                self.respawn_at.pop(handle.worker_id, None)
+                self._retire(handle)
+
+    def _retire(self, handle: WorkerHandle) -> None:
+        """Take ``handle`` out of rotation, then ask it to finish gracefully."""
+        handle.state = "retiring"
+        handle.kill_at = time.monotonic() + self.config.graceful_timeout + KILL_GRACE
+        self._signal(handle, signal.SIGTERM)
+
+    def _replace(self, handle: WorkerHandle) -> None:
+        """A stuck worker: stop it (politely, then not) and start its successor now."""
+        if handle.state in ("retiring", "dead"):
+            return
+        self._signal(handle, signal.SIGTERM)
+        handle.state = "dead"
+        handle.kill_at = time.monotonic() + KILL_GRACE
+        self.broker.worker_gone(handle)
+        if not self.stopping and handle.worker_id < self.target:
+            self._spawn(handle.worker_id).restarts = handle.restarts + 1
+
+    def _kill_all(self, sig: int) -> None:
+        for handle in self.workers.values():
+            self._signal(handle, sig)
+
+    def _signal(self, handle: WorkerHandle, sig: int) -> None:
+        try:
+            os.kill(handle.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _check_workers(self, now: float) -> None:
+        silent_ms = now_ms() - int(self.config.timeout * 1000)
+        for handle in list(self.workers.values()):
+            if handle.kill_at is not None and now >= handle.kill_at:
+                log.warning("%s did not stop in time: SIGKILL", handle)
+                self._signal(handle, signal.SIGKILL)
+                handle.kill_at = None
+            elif handle.state == "ready" and \
+                    self.scoreboard.get(handle.slot, HEARTBEAT_MS) < silent_ms:
+                log.error("%s silent for more than %gs: replacing it", handle, self.config.timeout)
+                self._replace(handle)
+
+    # -- reaping ------------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.workers.pop(pid, None)
+            if handle is not None:
+                self._exited(handle, status)
+
+    def _exited(self, handle: WorkerHandle, status: int) -> None:
+        self._unwatch(handle)
+        handle.channel.close()
+        close_quietly(handle.handoff)
+        self.broker.worker_gone(handle)
+        lived = time.monotonic() - handle.started
+        how = describe_status(status)
+        if self.stopping or handle.state == "retiring":
+            log.info("%s exited (%s)", handle, how)
+            return
+        if handle.state == "booting" and os.WIFEXITED(status) \
+                and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR:
+            reason = handle.boot_error or "see the worker's traceback above"
+            if self.reload_queue:
+                log.error("reload stopped: the new code failed to load: %s; old workers keep "
+                          "serving", reason)
+                self.reload_queue.clear()
+                return
+            self._fail(EXIT_APP_LOAD_ERROR, f"worker {handle.worker_id} failed to boot: {reason}")
+            return
+        if handle.state == "booting":
+            self.boot_crashes += 1
+            if self.boot_crashes >= MAX_BOOT_CRASHES:
+                self._fail(EXIT_CRASH_LOOP, f"workers keep dying before they are ready (last: "
+                                            f"worker {handle.worker_id}, {how})")
+                return
+        if handle.state != "dead":  # not already replaced by _replace
+            delay = self._next_backoff(handle.worker_id, lived)
+            log.error("%s died after %.1fs (%s); respawning in %.1fs", handle, lived, how, delay)
+            self.respawn_at[handle.worker_id] = time.monotonic() + delay
+            self._restarts[handle.worker_id] = handle.restarts + 1
+
+    def _next_backoff(self, worker_id: int, lived: float) -> float:
+        if lived >= STABLE_AFTER:
+            self.backoff.pop(worker_id, None)
+            return 0.0
+        delay = min(BACKOFF_CAP, self.backoff.get(worker_id, BACKOFF_START / 2) * 2)
+        self.backoff[worker_id] = delay
+        return delay
+
+    def _respawn_due(self, now: float) -> None:
+        for worker_id, when in list(self.respawn_at.items()):
+            if now >= when:
+                del self.respawn_at[worker_id]
+                if worker_id < self.target and not self.stopping:
+                    self._spawn(worker_id).restarts = self._restarts.pop(worker_id, 0)
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.exit = MasterExit(code, reason)
+        self.stop(graceful=False)
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _write_pid(self) -> None:
+        if self.config.pid:
+            with open(self.config.pid, "w") as handle:
+                handle.write(f"{self.pid}\n")
+
+    def _cleanup(self) -> None:
+        for handle in self.workers.values():
+            self._signal(handle, signal.SIGKILL)
+        for conn in self.waiting:
+            conn.close()
+        close_quietly(self.listener)
+        if self.config.uds and self.listener is not None:
+            try:
+                os.unlink(self.config.uds)
+            except OSError:
+                pass
+        if self.config.pid:
+            try:
+                with open(self.config.pid) as handle:
+                    ours = handle.read().strip() == str(self.pid)
+                if ours:
+                    os.unlink(self.config.pid)
+            except OSError:
+                pass
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by {name}"
+    return f"exit code {os.WEXITSTATUS(status)}"

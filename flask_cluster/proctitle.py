@@ -1,0 +1,13 @@
+"""Process titles (``flask-cluster master [app]``) when the ``proctitle`` extra is installed."""
+
+from __future__ import annotations
+
+try:
+    from setproctitle import setproctitle
+except ImportError:  # optional extra: without it, ps shows the command line
+    setproctitle = None
+
+
+def set_title(title: str) -> None:
+    if setproctitle is not None:
+        setproctitle(title)

@@ -1,0 +1,195 @@
+"""Bytes in, complete HTTP/1.x requests out. No I/O: feed it bytes, in any split, and collect.
+
+``httptools`` (llhttp) does the parsing; this module enforces our limits, spools large bodies to
+a temporary file, and turns every problem into an :class:`HTTPError` that knows its status.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from typing import IO
+
+import httptools
+
+
+class HTTPError(Exception):
+    """A request we refuse; ``status`` is the response to send before closing the connection."""
+
+    status = 400
+    reason = "Bad Request"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+
+
+class BadRequest(HTTPError):
+    pass
+
+
+class PayloadTooLarge(HTTPError):
+    status = 413
+    reason = "Content Too Large"
+
+
+class URITooLong(HTTPError):
+    status = 414
+    reason = "URI Too Long"
+
+
+class HeadersTooLarge(HTTPError):
+    status = 431
+    reason = "Request Header Fields Too Large"
+
+
+class ExpectationFailed(HTTPError):
+    status = 417
+    reason = "Expectation Failed"
+
+
+class NotImplementedMethod(HTTPError):
+    status = 501
+    reason = "Not Implemented"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Defaults as gunicorn's and nginx's: large enough for real clients, small enough to bound."""
+
+    max_url: int = 8190
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_body: int = 0  # 0: unlimited
+    spool_threshold: int = 1024 * 1024  # bodies above this go to a temporary file
+
+
+class Request:
+    """One complete request, as the parser saw it."""
+
+    __slots__ = ("method", "url", "version", "headers", "body", "keep_alive", "expect_continue")
+
+    def __init__(self, method: bytes, url: bytes, version: str, headers: list[tuple[bytes, bytes]],
+                 body: IO[bytes], keep_alive: bool, expect_continue: bool) -> None:
+        self.method = method
+        self.url = url
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+
+
+class _Body:
+    """A request body that stays in memory while small and moves to a temporary file past the
+    spool threshold, so a large upload never sits in the worker's memory whole."""
+
+    __slots__ = ("buffer", "size", "threshold", "limit")
+
+    def __init__(self, threshold: int, limit: int) -> None:
+        self.buffer: IO[bytes] = io.BytesIO()
+        self.size = 0
+        self.threshold = threshold
+        self.limit = limit
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.limit and self.size > self.limit:
+            raise PayloadTooLarge(f"body exceeds {self.limit} bytes")
+        if self.size > self.threshold and isinstance(self.buffer, io.BytesIO):
+            spooled = tempfile.TemporaryFile()
+            spooled.write(self.buffer.getbuffer())
+            self.buffer = spooled
+        self.buffer.write(data)
+
+    def finish(self) -> IO[bytes]:
+        self.buffer.seek(0)
+        return self.buffer
+
+
+class RequestParser:
+    """Feed bytes with :meth:`feed`; complete requests collect in :attr:`requests`.
+
+    ``upgraded`` is set when a request asked to switch protocols: its bytes after the headers are
+    not HTTP, so the connection serves that request and closes.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.requests: deque[Request] = deque()
+        self.upgraded = False
+        self.in_progress = False  # bytes of an unfinished request have arrived
+        self.continue_wanted = False  # a client waits for "100 Continue" before its body
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: _Body | None = None
+        self._keep_alive = True
+        self._expect_continue = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises :class:`HTTPError` for a request that must be refused."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HTTPError):
+                raise cause from None
+            raise BadRequest(str(exc)) from exc
+        except httptools.HttpParserInvalidMethodError as exc:
+            raise NotImplementedMethod(str(exc)) from exc
+        except httptools.HttpParserError as exc:
+            raise BadRequest(str(exc)) from exc
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_progress = True
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = None
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_url:
+            raise URITooLong(f"request target longer than {self.limits.max_url} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise HeadersTooLarge(f"headers larger than {self.limits.max_header_bytes} bytes")
+        if len(self._headers) >= self.limits.max_headers:
+            raise HeadersTooLarge(f"more than {self.limits.max_headers} header fields")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._keep_alive = parser.should_keep_alive()
+        for name, value in self._headers:
+            if len(name) == 6 and name.lower() == b"expect":
+                if value.lower() != b"100-continue":
+                    raise ExpectationFailed(f"unsupported Expect: {value!r}")
+                self._expect_continue = parser.get_http_version() == "1.1"
+                self.continue_wanted = self._expect_continue
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is None:
+            self._body = _Body(self.limits.spool_threshold, self.limits.max_body)
+        self._body.write(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        body = self._body.finish() if self._body is not None else io.BytesIO()
+        self.requests.append(Request(
+            parser.get_method(), self._url, parser.get_http_version(), self._headers, body,
+            self._keep_alive, self._expect_continue,
+        ))
+        self.in_progress = False
+        self._body = None

@@ -1,0 +1,66 @@
+"""Shared memory the master and its workers both see: heartbeats and counters, no syscalls.
+
+The master maps it before the first fork. Each worker process owns one slot (assigned by the
+master, so a worker being replaced and its replacement never share one) and writes plain
+integers into it; the master reads them for liveness, ``least-busy`` and ``status``.
+Single-writer per field, aligned 8-byte stores: no locks needed.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms")
+PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS = range(len(FIELDS))
+SLOT_WORDS = 8  # room to grow without moving slots
+HEADER_WORDS = 8
+WORKER_COUNT = 0  # header word: the number of workers the master is aiming for
+
+
+def now_ms() -> int:
+    """CLOCK_MONOTONIC in milliseconds: one clock for every process on the machine."""
+    return int(time.monotonic() * 1000)
+
+
+class Scoreboard:
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, 8 * (HEADER_WORDS + slots * SLOT_WORDS))
+        self.words = memoryview(self._map).cast("q")
+
+    def base(self, slot: int) -> int:
+        return HEADER_WORDS + slot * SLOT_WORDS
+
+    def reset(self, slot: int, pid: int) -> None:
+        base = self.base(slot)
+        for offset in range(SLOT_WORDS):
+            self.words[base + offset] = 0
+        now = now_ms()
+        self.words[base + PID] = pid
+        self.words[base + HEARTBEAT_MS] = now
+        self.words[base + STARTED_MS] = now
+
+    def get(self, slot: int, field: int) -> int:
+        return self.words[self.base(slot) + field]
+
+    def set(self, slot: int, field: int, value: int) -> None:
+        self.words[self.base(slot) + field] = value
+
+    @property
+    def worker_count(self) -> int:
+        return self.words[WORKER_COUNT]
+
+    @worker_count.setter
+    def worker_count(self, count: int) -> None:
+        self.words[WORKER_COUNT] = count
+
+    def snapshot(self, slot: int) -> dict[str, int]:
+        base = self.base(slot)
+        return {name: self.words[base + index] for index, name in enumerate(FIELDS)}
+
+    def free_slot(self, used: set[int]) -> int:
+        for slot in range(self.slots):
+            if slot not in used:
+                return slot
+        raise RuntimeError("no free scoreboard slot")

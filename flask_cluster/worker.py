@@ -1,0 +1,204 @@
+"""One worker process: load the app after the fork, serve, report liveness, exit cleanly.
+
+``Worker.__init__`` runs in the master before the fork and touches no process state;
+:meth:`Worker.run` runs in the child (as gunicorn splits ``__init__`` and ``init_process``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import ipc, runtime
+from .access import AccessLog
+from .config import Config
+from .engine import Engine
+from .extension import extension_of
+from .listeners import close_quietly, reuseport_listener
+from .messaging import WorkerMessenger
+from .protocol import Limits
+from .proctitle import set_title
+from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, Scoreboard, now_ms
+from .wsgi import base_environ
+
+log = logging.getLogger("flask_cluster.worker")
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3  # the app could not be loaded or a start hook failed: do not respawn
+HANDOFF_BATCH = 64
+
+
+@dataclass
+class WorkerSockets:
+    """The worker's ends of its channels, and what it listens on."""
+
+    messages: socket.socket
+    handoff: socket.socket | None  # round-robin and least-busy: connections come from the master
+    listener: socket.socket | None  # shared: accept on the master's socket
+    reuseport: tuple[Any, socket.AddressFamily] | None  # reuseport: bind our own
+
+
+class Worker:
+    def __init__(self, worker_id: int, slot: int, config: Config, load_app: Callable[[], Any],
+                 app_name: str, scoreboard: Scoreboard, sockets: WorkerSockets,
+                 server_address: tuple[str, str], master_pid: int) -> None:
+        self.worker_id = worker_id
+        self.slot = slot
+        self.config = config
+        self.load_app = load_app
+        self.app_name = app_name
+        self.scoreboard = scoreboard
+        self.sockets = sockets
+        self.server_address = server_address
+        self.master_pid = master_pid
+        self.engine: Engine | None = None
+        self.channel = ipc.MessageChannel(sockets.messages)
+        self._signal_r: socket.socket | None = None
+
+    # -- in the child -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The child's whole life; returns its exit code."""
+        set_title(f"flask-cluster worker {self.worker_id} [{self.app_name}]")
+        self._install_signals()
+        try:
+            app = self.load_app()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a bad app counts too
+            return self._boot_failed(exc)
+        extension = extension_of(app)
+        messenger = WorkerMessenger(self.channel, self.worker_id, app, extension)
+        runtime.current = runtime.WorkerRuntime(
+            self.worker_id, messenger, lambda: self.scoreboard.worker_count)
+        try:
+            if extension is not None:
+                with app.app_context():
+                    extension.run_start_hooks()
+            engine = self._build_engine(app)
+        except BaseException as exc:  # noqa: BLE001
+            return self._boot_failed(exc)
+        self.engine = engine
+        messenger.attach(engine, self._master_gone)
+        try:
+            self.channel.send_now(ipc.encode(ipc.READY))
+        except ipc.ChannelClosed:
+            return EXIT_OK  # the master is gone already
+        engine.run()
+        engine.close()
+        if extension is not None:
+            with app.app_context():
+                extension.run_stop_hooks()
+        return EXIT_OK
+
+    def _build_engine(self, app: Any) -> Engine:
+        config = self.config
+        words = self.scoreboard.words
+        base = self.scoreboard.base(self.slot)
+        requests_index, in_flight_index = base + REQUESTS, base + IN_FLIGHT
+
+        def on_request(delta: int) -> None:
+            words[in_flight_index] += delta
+            if delta > 0:
+                words[requests_index] += 1
+
+        server_name, server_port = self.server_address
+        engine = Engine(
+            app, threads=config.threads, keep_alive=config.keep_alive, limits=Limits(),
+            base_environ=base_environ(server_name, server_port, scheme="http",
+                                      multithread=config.threads > 1),
+            access_log=AccessLog() if config.access_log else None,
+            on_request=on_request,
+        )
+        engine.tick_callbacks.append(self._heartbeat)
+        sockets = self.sockets
+        if sockets.handoff is not None:
+            engine.add_reader(sockets.handoff, self._receive_connections)
+        elif sockets.listener is not None:
+            engine.accept_from(sockets.listener)
+        elif sockets.reuseport is not None:
+            sockets.listener = reuseport_listener(*sockets.reuseport)
+            engine.accept_from(sockets.listener)
+        assert self._signal_r is not None
+        engine.add_reader(self._signal_r, self._on_signal)
+        return engine
+
+    def _receive_connections(self) -> None:
+        assert self.engine is not None and self.sockets.handoff is not None
+        try:
+            connections = ipc.receive_connections(self.sockets.handoff, HANDOFF_BATCH)
+        except ipc.ChannelClosed:
+            self.engine.remove_reader(self.sockets.handoff)
+            self._master_gone()
+            return
+        for sock in connections:
+            self.engine.add_connection(sock)
+
+    def _heartbeat(self, _now: float) -> None:
+        self.scoreboard.set(self.slot, HEARTBEAT_MS, now_ms())
+        if os.getppid() != self.master_pid:
+            self._master_gone()
+
+    def _master_gone(self) -> None:
+        """No master: finish what is in progress and exit, leaving no orphan behind."""
+        self._stop(self.config.graceful_timeout)
+
+    def _stop(self, graceful_timeout: float) -> None:
+        engine = self.engine
+        if engine is None or engine.stopping:
+            return
+        sockets = self.sockets
+        if sockets.handoff is not None:
+            # Connections the master passed before it took us out of rotation are still ours.
+            self._receive_connections()
+            engine.remove_reader(sockets.handoff)
+        if sockets.listener is not None:
+            engine.remove_reader(sockets.listener)
+            close_quietly(sockets.listener)
+        engine.begin_stop(graceful_timeout)
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        """TERM: graceful exit; QUIT: exit now. INT is the master's to act on (a Ctrl-C
+        reaches the whole process group); HUP, TTIN and TTOU are the master's too."""
+        self._signal_r, signal_w = socket.socketpair()
+        self._signal_r.setblocking(False)
+        signal_w.setblocking(False)
+        self._signal_w = signal_w
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._record_signal)
+        signal.signal(signal.SIGQUIT, self._record_signal)
+        signal.set_wakeup_fd(signal_w.fileno(), warn_on_full_buffer=False)
+
+    def _record_signal(self, signum: int, _frame: Any) -> None:
+        if self.engine is None:  # still booting: nothing in flight, just go
+            os._exit(EXIT_OK)
+
+    def _on_signal(self) -> None:
+        assert self._signal_r is not None
+        try:
+            data = self._signal_r.recv(64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGQUIT:
+                os._exit(EXIT_OK)
+            if signum == signal.SIGTERM:
+                self._stop(self.config.graceful_timeout)
+
+    def _boot_failed(self, exc: BaseException) -> int:
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        try:
+            self.channel.send_now(ipc.encode(ipc.BOOT_FAILED, reason), timeout=2.0)
+        except ipc.ChannelClosed:
+            pass
+        return EXIT_BOOT_ERROR

@@ -1,0 +1,294 @@
+"""The WSGI side of a request: environ in, response bytes out (PEP 3333). No socket I/O.
+
+:class:`Response` is the ``start_response``/``write`` pair and the serializer: it sends the
+header block lazily with the first body bytes, chooses ``Content-Length``, chunked encoding or
+close-delimited framing, and says whether the connection may be kept alive.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from email.utils import formatdate
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from .protocol import Request
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Sink = Callable[[bytes], None]
+
+_header_keys: dict[bytes, str | None] = {}
+_methods: dict[bytes, str] = {}
+MAX_CACHED_NAMES = 512
+
+
+def environ_key(name: bytes) -> str | None:
+    """``User-Agent`` -> ``HTTP_USER_AGENT``; ``None`` for names with ``_``, which we drop (as
+    nginx and gunicorn do) so ``X_Forwarded_For`` cannot pose as ``X-Forwarded-For``."""
+    try:
+        return _header_keys[name]
+    except KeyError:
+        pass
+    text = name.decode("latin-1").upper()
+    key: str | None
+    if "_" in text:
+        key = None
+    elif text in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+        key = text.replace("-", "_")
+    else:
+        key = "HTTP_" + text.replace("-", "_")
+    if len(_header_keys) < MAX_CACHED_NAMES:
+        _header_keys[name] = key
+    return key
+
+
+def base_environ(server_name: str, server_port: str, *, scheme: str, multithread: bool) -> dict[str, Any]:
+    """The keys that are the same for every request a worker serves."""
+    return {
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SCRIPT_NAME": "",
+        "SERVER_SOFTWARE": "flask-cluster",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": multithread,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+
+
+def build_environ(request: Request, base: dict[str, Any], remote_addr: str, remote_port: str) -> dict[str, Any]:
+    environ = base.copy()
+    url = request.url
+    if url[:1] == b"/":
+        path, _, query = url.partition(b"?")
+    elif url == b"*":
+        path, query = b"*", b""
+    else:  # absolute-form, as sent to proxies
+        parsed = httptools.parse_url(url)
+        path, query = parsed.path or b"/", parsed.query or b""
+    method = _methods.get(request.method)
+    if method is None:
+        method = _methods.setdefault(request.method, request.method.decode("latin-1"))
+    environ["REQUEST_METHOD"] = method
+    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+    environ["QUERY_STRING"] = query.decode("latin-1")
+    environ["RAW_URI"] = environ["REQUEST_URI"] = url.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    environ["REMOTE_ADDR"] = remote_addr
+    environ["REMOTE_PORT"] = remote_port
+    environ["wsgi.input"] = request.body
+    for name, value in request.headers:
+        key = environ_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        if key in environ:
+            text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
+        environ[key] = text
+    return environ
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: the connection sends it with ``os.sendfile`` when it can."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while chunk := read(self.blksize):
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class _DateCache:
+    """The ``Date`` header, formatted once a second instead of once a request."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = ""
+
+    def get(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.line = f"Date: {formatdate(now, usegmt=True)}\r\n"
+        return self.line
+
+
+date_header = _DateCache()
+NO_BODY_STATUS = frozenset((204, 304))
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "upgrade",
+                        "proxy-connection", "te", "trailer"))
+
+
+class ResponseError(Exception):
+    """The app broke the WSGI contract; the response cannot be completed."""
+
+
+class Response:
+    """``start_response`` and the serializer for one request.
+
+    Body bytes go to ``sink``. With ``buffer_first`` the first chunk is held back until a second
+    one comes or the body ends, so a one-chunk body without ``Content-Length`` gets one instead of
+    chunked encoding.
+    """
+
+    __slots__ = ("sink", "keep_alive", "head", "version", "status", "status_code", "headers",
+                 "headers_sent", "chunked", "remaining", "held", "body_bytes")
+
+    def __init__(self, sink: Sink, request: Request) -> None:
+        self.sink = sink
+        self.keep_alive = request.keep_alive
+        self.head = request.method == b"HEAD"
+        self.version = request.version
+        self.status: str | None = None
+        self.status_code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.chunked = False
+        self.remaining = -1  # bytes still due under the app's Content-Length; -1: not declared
+        self.held: bytes | None = None
+        self.body_bytes = 0  # for the access log
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise ResponseError("start_response called a second time without exc_info")
+        try:
+            code = int(status[:3])
+        except (TypeError, ValueError):
+            raise ResponseError(f"invalid status {status!r}") from None
+        if len(status) < 4 or status[3] != " " or code < 100:
+            raise ResponseError(f"invalid status {status!r}")
+        self.status = status
+        self.status_code = code
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable, and where iterated body chunks go."""
+        if not data:
+            return
+        if not self.headers_sent:
+            if self.held is None:
+                self.held = data
+                return
+            self.send_headers(None)
+            held, self.held = self.held, None
+            self._send_body(held)
+        self._send_body(data)
+
+    def finish(self) -> None:
+        """The body is complete: send what is held, the last chunk, or headers of an empty body."""
+        if not self.headers_sent:
+            held = self.held or b""
+            self.held = None
+            self.send_headers(len(held))
+            if held:
+                self._send_body(held)
+        if self.chunked:
+            self.sink(b"0\r\n\r\n")
+        elif self.remaining > 0 and not self.head:
+            self.keep_alive = False  # the app sent less than it declared: the framing is broken
+
+    def _send_body(self, data: bytes) -> None:
+        if self.head or self.status_code in NO_BODY_STATUS:
+            return
+        self.body_bytes += len(data)
+        if self.chunked:
+            self.sink(b"%x\r\n%b\r\n" % (len(data), data))
+            return
+        if self.remaining >= 0:
+            if len(data) > self.remaining:
+                data = data[:self.remaining]
+                self.keep_alive = False
+            self.remaining -= len(data)
+        self.sink(data)
+
+    def declared_length(self) -> int | None:
+        """The app's ``Content-Length``, if it gave one."""
+        for name, value in self.headers:
+            if name.lower() == "content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    raise ResponseError(f"invalid Content-Length {value!r}") from None
+        return None
+
+    def send_headers(self, body_length: int | None) -> None:
+        """Send the header block; ``body_length`` is the whole body's size when known."""
+        if self.status is None:
+            raise ResponseError("the app did not call start_response")
+        self.headers_sent = True
+        code = self.status_code
+        lines = [f"HTTP/1.1 {self.status}\r\n"]
+        has_date = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == "content-length":
+                try:
+                    self.remaining = int(value)
+                except ValueError:
+                    raise ResponseError(f"invalid Content-Length {value!r}") from None
+                if body_length is not None and body_length < self.remaining:
+                    self.keep_alive = False  # the body will fall short of what is declared
+            elif lower == "date":
+                has_date = True
+            elif lower in HOP_BY_HOP:
+                if lower == "connection" and value.lower() == "close":
+                    self.keep_alive = False
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        if not has_date:
+            lines.append(date_header.get())
+        bodyless = code in NO_BODY_STATUS or code < 200
+        if self.remaining < 0 and not bodyless:
+            if body_length is not None:
+                lines.append(f"Content-Length: {body_length}\r\n")
+                self.remaining = body_length
+            elif self.head:
+                pass
+            elif self.version == "1.1":
+                self.chunked = True
+                lines.append("Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        elif self.version == "1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        block = "".join(lines)
+        if block.count("\n") != len(lines):
+            raise ResponseError("a header name or value contains a line break")
+        self.sink(block.encode("latin-1"))
+
+
+def error_response(status: int, reason: str, *, keep_alive: bool) -> bytes:
+    """A complete small response the server writes itself (400s, 500)."""
+    body = f"{status} {reason}\n".encode()
+    connection = "keep-alive" if keep_alive else "close"
+    return (f"HTTP/1.1 {status} {reason}\r\n{date_header.get()}Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: {connection}\r\n\r\n").encode("latin-1") + body
