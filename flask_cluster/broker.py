@@ -65,9 +65,9 @@ class Broker:
             self._finish_if_complete(gather_id)
         elif kind == ipc.REPLY:
             gather_id, status, data = args
-            pending = self._gathers.get(gather_id)
-            if pending is not None and sender.pid in pending.expected:
-                pending.answers[sender.pid] = (sender.worker_id, sender.pid, status, data)
+            waiting = self._gathers.get(gather_id)
+            if waiting is not None and sender.pid in waiting.expected:
+                waiting.answers[sender.pid] = (sender.worker_id, sender.pid, status, data)
                 self._finish_if_complete(gather_id)
         else:
             log.warning("unknown message %r from worker %s", kind, sender.worker_id)

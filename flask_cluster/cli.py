@@ -44,7 +44,7 @@ def _configure_logging() -> None:
 
 
 @pass_script_info
-def _cluster_run(info: ScriptInfo, **options: Any) -> None:
+def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     """Run the app as a pre-fork cluster: one master, one worker per CPU."""
     _check_platform()
     config = Config(**options)

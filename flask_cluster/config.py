@@ -17,7 +17,7 @@ BALANCE_MODES = ("round-robin", "least-busy", "shared", "reuseport")
 ENV_PREFIX = "FLASK_CLUSTER_RUN_"
 
 
-class WorkerCount(click.ParamType):
+class WorkerCount(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     """``auto`` (returned as ``None``) or a whole number of at least 1."""
 
     name = "auto|N"

@@ -145,7 +145,7 @@ def send_connection(channel: socket.socket, fd: int) -> bool:
 
 def receive_connections(channel: socket.socket, limit: int) -> list[socket.socket]:
     """Up to ``limit`` connections passed by the master; :class:`ChannelClosed` if it is gone."""
-    connections = []
+    connections: list[socket.socket] = []
     for _ in range(limit):
         try:
             data, fds, _flags, _addr = socket.recv_fds(channel, 1, 1)

@@ -553,8 +553,8 @@ class Master:
 
     def _write_pid(self) -> None:
         if self.config.pid:
-            with open(self.config.pid, "w") as handle:
-                handle.write(f"{self.pid}\n")
+            with open(self.config.pid, "w") as pid_file:
+                pid_file.write(f"{self.pid}\n")
 
     def _cleanup(self) -> None:
         for handle in self.workers.values():
@@ -569,8 +569,8 @@ class Master:
                 pass
         if self.config.pid:
             try:
-                with open(self.config.pid) as handle:
-                    ours = handle.read().strip() == str(self.pid)
+                with open(self.config.pid) as pid_file:
+                    ours = pid_file.read().strip() == str(self.pid)
                 if ours:
                     os.unlink(self.config.pid)
             except OSError:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 try:
-    from setproctitle import setproctitle
+    import setproctitle
 except ImportError:  # optional extra: without it, ps shows the command line
-    setproctitle = None
+    setproctitle = None  # type: ignore[assignment]
 
 
 def set_title(title: str) -> None:
     if setproctitle is not None:
-        setproctitle(title)
+        setproctitle.setproctitle(title)

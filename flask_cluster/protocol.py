@@ -99,7 +99,7 @@ class _Body:
         if self.limit and self.size > self.limit:
             raise PayloadTooLarge(f"body exceeds {self.limit} bytes")
         if self.size > self.threshold and isinstance(self.buffer, io.BytesIO):
-            spooled = tempfile.TemporaryFile()
+            spooled = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the request from here on
             spooled.write(self.buffer.getbuffer())
             self.buffer = spooled
         self.buffer.write(data)

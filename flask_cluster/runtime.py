@@ -6,10 +6,9 @@ the dependency arrows stay one-way: ``worker -> runtime <- extension``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
-
 
 OK, ERROR, MISSING = "ok", "error", "missing"
 Answer = tuple[int, int, str, Any]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import time
+from collections.abc import Collection
 
 FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms")
 PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS = range(len(FIELDS))
@@ -59,7 +60,7 @@ class Scoreboard:
         base = self.base(slot)
         return {name: self.words[base + index] for index, name in enumerate(FIELDS)}
 
-    def free_slot(self, used: set[int]) -> int:
+    def free_slot(self, used: Collection[int]) -> int:
         for slot in range(self.slots):
             if slot not in used:
                 return slot

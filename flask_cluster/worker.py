@@ -23,8 +23,8 @@ from .engine import Engine
 from .extension import extension_of
 from .listeners import close_quietly, reuseport_listener
 from .messaging import WorkerMessenger
-from .protocol import Limits
 from .proctitle import set_title
+from .protocol import Limits
 from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, Scoreboard, now_ms
 from .wsgi import base_environ
 

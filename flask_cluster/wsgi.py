@@ -66,7 +66,8 @@ def base_environ(server_name: str, server_port: str, *, scheme: str, multithread
     }
 
 
-def build_environ(request: Request, base: dict[str, Any], remote_addr: str, remote_port: str) -> dict[str, Any]:
+def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
+                  remote_port: str) -> dict[str, Any]:
     environ = base.copy()
     url = request.url
     if url[:1] == b"/":
