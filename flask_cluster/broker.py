@@ -72,6 +72,15 @@ class Broker:
         else:
             log.warning("unknown message %r from worker %s", kind, sender.worker_id)
 
+    def publish(self, topic: str, payload: bytes, live: Iterable[Peer]) -> int:
+        """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
+        frame = ipc.encode(ipc.BROADCAST, next(self._seq), topic, payload)
+        count = 0
+        for peer in live:
+            self._send(peer, frame)
+            count += 1
+        return count
+
     def worker_gone(self, peer: Peer) -> None:
         """``peer`` died: it will not answer, and nothing waits for its answer any more."""
         for gather_id, pending in list(self._gathers.items()):

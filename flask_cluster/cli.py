@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -12,10 +13,11 @@ import click
 from flask.cli import ScriptInfo, pass_script_info
 
 from .config import Config, click_options, option_name
+from .control import ControlError, control_path, request
 from .listeners import ListenError
 from .master import Master
 
-NOT_YET = ("max_requests", "max_requests_jitter", "max_memory", "cert", "key", "reload")
+NOT_YET = ("cert", "key")
 """Settings of the public contract that this version does not act on yet: refused, not ignored."""
 
 
@@ -65,3 +67,94 @@ cluster_run = click.Command(
     help=(_cluster_run.__doc__ or "").strip(),
     short_help="Run the app on every core as a pre-fork cluster.",
 )
+
+
+# -- cluster-ctl ----------------------------------------------------------------------------------
+
+STATUS_COLUMNS = ("worker_id", "pid", "state", "uptime", "requests", "in_flight", "rss_mib",
+                  "restarts")
+
+
+@click.group("cluster-ctl")
+@click.option("--control-socket", envvar="FLASK_CLUSTER_RUN_CONTROL_SOCKET",
+              type=click.Path(dir_okay=False), help="The master's control socket.")
+@click.option("--pid", "pid_file", envvar="FLASK_CLUSTER_RUN_PID", type=click.Path(dir_okay=False),
+              help="The --pid file given to cluster-run.")
+@click.option("--uds", envvar="FLASK_CLUSTER_RUN_UDS", help="The --uds given to cluster-run.")
+@click.option("--host", envvar="FLASK_CLUSTER_RUN_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="FLASK_CLUSTER_RUN_PORT", default=5000, type=int, show_default=True)
+@pass_script_info
+@click.pass_context
+def cluster_ctl(ctx: click.Context, info: ScriptInfo, /, control_socket: str | None,
+                pid_file: str | None, uds: str | None, host: str, port: int) -> None:
+    """Control a running cluster: status, reload, scale, stop, broadcast."""
+    app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
+    ctx.obj = control_path(explicit=control_socket, pid_file=pid_file, uds=uds,
+                           app_name=app_name, host=host, port=port)
+
+
+def _send(ctx: click.Context, command: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return request(ctx.find_object(str) or "", command)
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cluster_ctl.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_context
+def ctl_status(ctx: click.Context, as_json: bool) -> None:
+    """Workers and their state, requests, memory and restarts."""
+    reply = _send(ctx, {"command": "status"})
+    if as_json:
+        click.echo(json.dumps({"master": reply["master"], "workers": reply["workers"]}, indent=2))
+        return
+    master = reply["master"]
+    click.echo(f"master {master['pid']}  {master['app']} on {master['address']}  "
+               f"balance {master['balance']}  workers {master['workers']}  "
+               f"threads {master['threads']}  up {master['uptime']}s")
+    if master["last_error"]:
+        click.echo(f"last error: {master['last_error']}")
+    rows = [STATUS_COLUMNS] + [tuple(str(w[c]) for c in STATUS_COLUMNS) for w in reply["workers"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
+    for row in rows:
+        click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+@cluster_ctl.command("reload")
+@click.pass_context
+def ctl_reload(ctx: click.Context) -> None:
+    """Rolling reload: replace every worker, one at a time."""
+    _send(ctx, {"command": "reload"})
+    click.echo("reload started")
+
+
+@cluster_ctl.command("scale")
+@click.argument("count", type=click.IntRange(1))
+@click.pass_context
+def ctl_scale(ctx: click.Context, count: int) -> None:
+    """Run COUNT workers."""
+    _send(ctx, {"command": "scale", "count": count})
+    click.echo(f"scaling to {count} workers")
+
+
+@cluster_ctl.command("stop")
+@click.pass_context
+def ctl_stop(ctx: click.Context) -> None:
+    """Graceful stop."""
+    _send(ctx, {"command": "stop"})
+    click.echo("stopping")
+
+
+@cluster_ctl.command("broadcast")
+@click.argument("topic")
+@click.option("--data", default="null", help="The message's data, as JSON.")
+@click.pass_context
+def ctl_broadcast(ctx: click.Context, topic: str, data: str) -> None:
+    """Send TOPIC with --data to every worker's handlers."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
+    reply = _send(ctx, {"command": "broadcast", "topic": topic, "data": value})
+    click.echo(f"delivered to {reply['delivered_to']} workers")

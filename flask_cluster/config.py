@@ -83,6 +83,9 @@ class Config:
                               type=click.Path(exists=True, dir_okay=False))
     pid: str | None = setting(None, "Write the master's pid to this file.",
                               type=click.Path(dir_okay=False))
+    control_socket: str | None = setting(
+        None, "Unix socket for 'flask cluster-ctl' (default: derived from --pid, --uds or the address).",
+        type=click.Path(dir_okay=False))
     access_log: bool = setting(False, "Log one line per request.",
                                flag="--access-log/--no-access-log")
     reload: bool = setting(False, "Development: rolling reload when a source file changes.",

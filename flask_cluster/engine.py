@@ -51,7 +51,7 @@ class ThreadedExchange:
     """A response produced on a pool thread; chunks cross to the loop under a condition."""
 
     __slots__ = ("engine", "conn", "request", "response", "cond", "chunks", "size", "done",
-                 "aborted", "file", "queued", "environ", "started")
+                 "aborted", "file", "queued", "environ", "started", "waiting")
 
     def __init__(self, engine: Engine, conn: Connection, request: Request) -> None:
         self.engine = engine
@@ -67,6 +67,7 @@ class ThreadedExchange:
         self.queued = False  # already in the loop's wake queue
         self.environ: dict[str, Any] = {}
         self.started = time.monotonic()
+        self.waiting = False  # blocked until the client reads: not the app's fault
 
     def push(self, data: bytes) -> None:
         with self.cond:
@@ -76,7 +77,10 @@ class ThreadedExchange:
             self.size += len(data)
             self._notify_loop()
             while self.size > HIGH_WATER and not self.aborted:
+                self.waiting = True
                 self.cond.wait()
+                self.waiting = False
+                self.started = time.monotonic()  # the stuck clock counts the app's time only
 
     def run(self) -> None:
         engine = self.engine
@@ -125,6 +129,7 @@ class Engine:
         self.tick_callbacks: list[Callable[[float], None]] = []
         self.idle_callbacks: list[Callable[[], None]] = []  # after every batch of events
         self.pool: ThreadPoolExecutor | None = None
+        self.busy: set[ThreadedExchange] = set()  # on a pool thread now
         self._wake_queue: deque[ThreadedExchange] = deque()
         if threads > 1:
             self.pool = ThreadPoolExecutor(threads, thread_name_prefix="app")
@@ -201,6 +206,7 @@ class Engine:
         current = conn.current
         if isinstance(current, ThreadedExchange):
             current.abort()
+            self.busy.discard(current)
         elif isinstance(current, InlineExchange):
             conn.current = None
             self._close_iterable(current.app_iter)
@@ -224,6 +230,7 @@ class Engine:
             else:
                 exchange = ThreadedExchange(self, conn, request)
                 conn.current = exchange
+                self.busy.add(exchange)
                 self.pool.submit(exchange.run)
         if conn.current is None and not requests:
             conn.after_requests()
@@ -369,6 +376,8 @@ class Engine:
         if conn.closed or conn.current is not exchange or conn.out_size > HIGH_WATER:
             return
         chunks, done = exchange.take()
+        if done:
+            self.busy.discard(exchange)
         for chunk in chunks:
             conn.push(chunk)
         if done and exchange.file is not None:
@@ -382,6 +391,12 @@ class Engine:
             self.serve(conn)
         else:
             conn.flush()
+
+    def oldest_busy(self) -> float | None:
+        """When the longest-running app call on a pool thread started (not counting time spent
+        waiting for a slow client to read); None when no thread is busy."""
+        starts = [exchange.started for exchange in self.busy if not exchange.waiting]
+        return min(starts, default=None)
 
     # -- the loop ---------------------------------------------------------------------------
 

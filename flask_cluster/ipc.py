@@ -25,6 +25,7 @@ RECV_CHUNK = 256 * 1024
 # Envelope kinds. Worker -> master:
 READY = "ready"              # ()
 BOOT_FAILED = "boot-failed"  # (reason: str)
+RETIRE = "retire"            # () served --max-requests: replace me gracefully
 # Both ways:
 BROADCAST = "broadcast"      # w->m (topic, payload, include_self); m->w (seq, topic, payload)
 GATHER = "gather"            # w->m (request_id, topic, payload, timeout); m->w (gather_id, topic, payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
 import selectors
 import signal
 import socket
@@ -22,11 +23,13 @@ from typing import Any
 from . import ipc
 from .broker import MAX_WORKER_BACKLOG, Broker
 from .config import Config
+from .control import ControlServer, control_path
 from .cpus import usable_cpus
 from .dispatch import chooser, hand_off
 from .listeners import close_quietly, describe, open_listener
 from .proctitle import set_title
-from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, Scoreboard, now_ms
+from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
+from .watch import SourceWatcher
 from .worker import EXIT_BOOT_ERROR, Worker, WorkerSockets
 
 log = logging.getLogger("flask_cluster.master")
@@ -60,6 +63,8 @@ class WorkerHandle:
         self.kill_at: float | None = None  # SIGKILL if still alive then
         self.boot_error: str | None = None
         self.restarts = 0
+        self.over_memory = 0  # consecutive checks above --max-memory
+        self.renewing = False  # a successor is on its way
 
     @property
     def in_flight(self) -> int:
@@ -99,6 +104,10 @@ class Master:
         self.reload_queue: deque[int] = deque()  # worker ids still to replace in a rolling reload
         self.address = ""
         self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.last_error: str | None = None  # the last reload or boot failure, for status
+        self.control: ControlServer | None = None
+        self.watcher = SourceWatcher(os.getcwd()) if config.reload else None
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- life ---------------------------------------------------------------------------------
@@ -111,6 +120,7 @@ class Master:
         self.address = describe(self.listener)
         self._write_pid()
         self._install_signals()
+        self._open_control()
         if self._master_accepts:
             self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
         self.scoreboard.worker_count = self.target
@@ -148,6 +158,9 @@ class Master:
         self._retry_waiting()
         self._check_workers(now)
         self._respawn_due(now)
+        if self.watcher is not None and not self.stopping and self.watcher.changed():
+            log.info("source changed: reloading")
+            self.reload()
         if self.stopping and now >= self.stop_deadline:
             self._kill_all(signal.SIGKILL)
 
@@ -259,6 +272,9 @@ class Master:
                 self._ready(handle)
             elif kind == ipc.BOOT_FAILED:
                 handle.boot_error = args[0]
+            elif kind == ipc.RETIRE:
+                log.info("%s served its --max-requests: replacing it", handle)
+                self._renew(handle)
             elif handle.state == "ready":
                 self.broker.receive(handle, kind, args, self._live)
 
@@ -266,8 +282,8 @@ class Master:
         handle.state = "ready"
         self.boot_crashes = 0
         log.info("%s ready", handle)
+        self._retire_older(handle)
         if self.reload_queue and self.reload_queue[0] == handle.worker_id:
-            self._retire_older(handle)
             self.reload_queue.popleft()
             self._continue_reload()
 
@@ -424,10 +440,18 @@ class Master:
         log.info("reload complete")
 
     def _retire_older(self, successor: WorkerHandle) -> None:
+        """The successor is serving: its predecessors with the same id finish and go."""
         for handle in list(self.workers.values()):
             if handle.worker_id == successor.worker_id and handle is not successor \
-                    and handle.state in ("ready", "booting"):
+                    and handle.state == "ready" and handle.started < successor.started:
                 self._retire(handle)
+
+    def _renew(self, handle: WorkerHandle) -> None:
+        """Graceful replacement: a successor first, the old worker retires when it is ready."""
+        if handle.renewing or handle.state != "ready" or self.stopping:
+            return
+        handle.renewing = True
+        self._spawn(handle.worker_id).restarts = handle.restarts
 
     def scale(self, count: int) -> None:
         if self.stopping:
@@ -474,7 +498,15 @@ class Master:
 
     def _check_workers(self, now: float) -> None:
         silent_ms = now_ms() - int(self.config.timeout * 1000)
+        limit_kib = self.config.max_memory * 1024
         for handle in list(self.workers.values()):
+            if limit_kib and handle.state == "ready" and not handle.renewing:
+                rss = self.scoreboard.get(handle.slot, RSS_KIB)
+                handle.over_memory = handle.over_memory + 1 if rss > limit_kib else 0
+                if handle.over_memory >= 2:
+                    log.warning("%s uses %d MiB, above --max-memory %d: replacing it",
+                                handle, rss // 1024, self.config.max_memory)
+                    self._renew(handle)
             if handle.kill_at is not None and now >= handle.kill_at:
                 log.warning("%s did not stop in time: SIGKILL", handle)
                 self._signal(handle, signal.SIGKILL)
@@ -511,12 +543,20 @@ class Master:
         if handle.state == "booting" and os.WIFEXITED(status) \
                 and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR:
             reason = handle.boot_error or "see the worker's traceback above"
-            if self.reload_queue:
-                log.error("reload stopped: the new code failed to load: %s; old workers keep "
-                          "serving", reason)
-                self.reload_queue.clear()
+            failure = f"worker {handle.worker_id} failed to boot: {reason}"
+            if not self._live:
+                self._fail(EXIT_APP_LOAD_ERROR, failure)
                 return
-            self._fail(EXIT_APP_LOAD_ERROR, f"worker {handle.worker_id} failed to boot: {reason}")
+            # A reload, replacement or new worker whose code does not load: the running workers
+            # keep serving; the reason is logged and shown by cluster-ctl status.
+            self.last_error = failure
+            log.error("%s; the running workers keep serving", failure)
+            self.reload_queue.clear()
+            for old in self.workers.values():
+                old.renewing = False
+            if not self._has_ready_worker(handle.worker_id) and handle.worker_id < self.target:
+                delay = self._next_backoff(handle.worker_id, lived)
+                self.respawn_at[handle.worker_id] = time.monotonic() + delay
             return
         if handle.state == "booting":
             self.boot_crashes += 1
@@ -529,6 +569,10 @@ class Master:
             log.error("%s died after %.1fs (%s); respawning in %.1fs", handle, lived, how, delay)
             self.respawn_at[handle.worker_id] = time.monotonic() + delay
             self._restarts[handle.worker_id] = handle.restarts + 1
+
+    def _has_ready_worker(self, worker_id: int) -> bool:
+        return any(handle.worker_id == worker_id and handle.state == "ready"
+                   for handle in self.workers.values())
 
     def _next_backoff(self, worker_id: int, lived: float) -> float:
         if lived >= STABLE_AFTER:
@@ -549,6 +593,81 @@ class Master:
         self.exit = MasterExit(code, reason)
         self.stop(graceful=False)
 
+    # -- control ------------------------------------------------------------------------------
+
+    def _open_control(self) -> None:
+        config = self.config
+        assert self.listener is not None
+        port = self.listener.getsockname()[1] if self.listener.family != socket.AF_UNIX else 0
+        path = control_path(explicit=config.control_socket, pid_file=config.pid, uds=config.uds,
+                            app_name=self.app_name, host=config.host, port=port)
+        self.control = ControlServer(path, self._control_command)
+        self.selector.register(self.control.sock, selectors.EVENT_READ, self._control_accept)
+
+    def _control_accept(self, _sock: Any, _mask: int) -> None:
+        assert self.control is not None
+        client = self.control.accept()
+        if client is not None:
+            self.selector.register(client, selectors.EVENT_READ, self._control_read)
+
+    def _control_read(self, client: Any, _mask: int) -> None:
+        assert self.control is not None
+        self.selector.unregister(client)
+        if not self.control.read(client):
+            self.selector.register(client, selectors.EVENT_READ, self._control_read)
+
+    def _control_command(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, **self.status()}
+        if command == "reload":
+            self.reload()
+        elif command == "stop":
+            self.stop(graceful=True)
+        elif command == "scale":
+            count = request.get("count")
+            if not isinstance(count, int) or count < 1:
+                return {"ok": False, "error": f"scale needs a whole number of at least 1, not {count!r}"}
+            self.scale(count)
+        elif command == "broadcast":
+            topic = request.get("topic")
+            if not isinstance(topic, str) or not topic:
+                return {"ok": False, "error": "broadcast needs a topic"}
+            payload = pickle.dumps(request.get("data"), pickle.HIGHEST_PROTOCOL)
+            return {"ok": True, "delivered_to": self.broker.publish(topic, payload, self._live)}
+        else:
+            return {"ok": False, "error": f"unknown command {command!r}"}
+        return {"ok": True}
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        workers = []
+        for handle in sorted(self.workers.values(), key=lambda h: (h.worker_id, h.started)):
+            workers.append({
+                "worker_id": handle.worker_id,
+                "pid": handle.pid,
+                "state": handle.state,
+                "uptime": round(now - handle.started, 1),
+                "requests": self.scoreboard.get(handle.slot, REQUESTS),
+                "in_flight": self.scoreboard.get(handle.slot, IN_FLIGHT),
+                "rss_mib": round(self.scoreboard.get(handle.slot, RSS_KIB) / 1024, 1),
+                "restarts": handle.restarts,
+            })
+        return {
+            "master": {
+                "pid": self.pid,
+                "app": self.app_name,
+                "address": self.address,
+                "balance": self.config.balance,
+                "threads": self.config.threads,
+                "workers": self.target,
+                "uptime": round(now - self.started, 1),
+                "reloading": bool(self.reload_queue),
+                "last_error": self.last_error,
+            },
+            "workers": workers,
+        }
+
     # -- files --------------------------------------------------------------------------------
 
     def _write_pid(self) -> None:
@@ -561,6 +680,8 @@ class Master:
             self._signal(handle, signal.SIGKILL)
         for conn in self.waiting:
             conn.close()
+        if self.control is not None:
+            self.control.close()
         close_quietly(self.listener)
         if self.config.uds and self.listener is not None:
             try:

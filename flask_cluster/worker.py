@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ from .listeners import close_quietly, reuseport_listener
 from .messaging import WorkerMessenger
 from .proctitle import set_title
 from .protocol import Limits
-from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, Scoreboard, now_ms
+from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
 from .wsgi import base_environ
 
 log = logging.getLogger("flask_cluster.worker")
@@ -61,6 +62,8 @@ class Worker:
         self.engine: Engine | None = None
         self.channel = ipc.MessageChannel(sockets.messages)
         self._signal_r: socket.socket | None = None
+        self._retiring = False
+        self._stuck_logged = False
 
     # -- in the child -------------------------------------------------------------------------
 
@@ -101,11 +104,16 @@ class Worker:
         words = self.scoreboard.words
         base = self.scoreboard.base(self.slot)
         requests_index, in_flight_index = base + REQUESTS, base + IN_FLIGHT
+        max_requests = 0
+        if config.max_requests:
+            max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
 
         def on_request(delta: int) -> None:
             words[in_flight_index] += delta
             if delta > 0:
                 words[requests_index] += 1
+            elif max_requests and words[requests_index] >= max_requests:
+                self._retire()
 
         server_name, server_port = self.server_address
         engine = Engine(
@@ -139,9 +147,30 @@ class Worker:
         for sock in connections:
             self.engine.add_connection(sock)
 
-    def _heartbeat(self, _now: float) -> None:
-        self.scoreboard.set(self.slot, HEARTBEAT_MS, now_ms())
+    def _heartbeat(self, now: float) -> None:
+        assert self.engine is not None
+        started = self.engine.oldest_busy()
+        if started is not None and now - started > self.config.timeout:
+            # A request thread is stuck: stop vouching for this process, so the master
+            # replaces it as it would a worker whose loop is stuck.
+            if not self._stuck_logged:
+                log.error("worker %s: a request has been running for %.0fs", self.worker_id,
+                          now - started)
+                self._stuck_logged = True
+        else:
+            self.scoreboard.set(self.slot, HEARTBEAT_MS, now_ms())
+        self.scoreboard.set(self.slot, RSS_KIB, resident_kib())
         if os.getppid() != self.master_pid:
+            self._master_gone()
+
+    def _retire(self) -> None:
+        """Served --max-requests: ask the master for a successor; it stops us once that is ready."""
+        if self._retiring:
+            return
+        self._retiring = True
+        try:
+            self.channel.send_now(ipc.encode(ipc.RETIRE))
+        except ipc.ChannelClosed:
             self._master_gone()
 
     def _master_gone(self) -> None:
@@ -202,3 +231,18 @@ class Worker:
         except ipc.ChannelClosed:
             pass
         return EXIT_BOOT_ERROR
+
+
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
+
+
+def resident_kib() -> int:
+    """This process's resident memory in KiB (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_KIB
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak

@@ -1,0 +1,157 @@
+"""The control socket behind ``flask cluster-ctl``: one JSON request line, one JSON reply line.
+
+The socket is created with mode 0600 inside a directory only its owner may enter, and the master
+also checks the peer's uid where the OS reports it (``SO_PEERCRED``), so only the user running
+the cluster can control it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MAX_REQUEST = 64 * 1024
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ControlError(Exception):
+    """The control socket cannot be reached or answered with an error."""
+
+
+def control_path(*, explicit: str | None, pid_file: str | None, uds: str | None, app_name: str,
+                 host: str, port: int) -> str:
+    """Where the master listens for ``cluster-ctl``: the same rule on both sides.
+
+    ``--control-socket`` if given; else ``<pid file>.ctl``; else ``<uds path>.ctl``; else
+    ``$XDG_RUNTIME_DIR/flask-cluster/<app>-<host>-<port>.ctl`` (``/tmp/flask-cluster-<uid>/``
+    without ``XDG_RUNTIME_DIR``).
+    """
+    if explicit:
+        return explicit
+    if pid_file:
+        return f"{pid_file}.ctl"
+    if uds:
+        return f"{uds}.ctl"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime_dir, "flask-cluster") if runtime_dir else \
+        Path(tempfile.gettempdir(), f"flask-cluster-{os.getuid()}")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{app_name}-{host}-{port}")
+    return str(base / f"{name}.ctl")
+
+
+class ControlServer:
+    """Non-blocking: the master's loop calls :meth:`on_accept` and :meth:`on_readable`."""
+
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file is born 0600: no window with looser modes
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.clients: dict[socket.socket, bytearray] = {}
+
+    def accept(self) -> socket.socket | None:
+        try:
+            client, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        if not _same_user(client):
+            _reply(client, {"ok": False, "error": "permission denied"})
+            client.close()
+            return None
+        client.setblocking(False)
+        self.clients[client] = bytearray()
+        return client
+
+    def read(self, client: socket.socket) -> bool:
+        """Read from ``client``; answer and return True once its request line is complete."""
+        buffer = self.clients[client]
+        try:
+            data = client.recv(MAX_REQUEST)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        buffer += data
+        if b"\n" not in buffer and data and len(buffer) < MAX_REQUEST:
+            return False
+        del self.clients[client]
+        line = bytes(buffer).split(b"\n", 1)[0]
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            reply = self.handler(request)
+        except ValueError as exc:
+            reply = {"ok": False, "error": f"bad request: {exc}"}
+        _reply(client, reply)
+        client.close()
+        return True
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _same_user(client: socket.socket) -> bool:
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True  # the 0600 mode and the 0700 directory still keep others out
+    creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (os.getuid(), 0)
+
+
+def _reply(client: socket.socket, reply: dict[str, Any]) -> None:
+    client.setblocking(True)
+    client.settimeout(2.0)
+    with contextlib.suppress(OSError):
+        client.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def request(path: str, command: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one command to the master at ``path``; its reply (raises :class:`ControlError`)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(command).encode() + b"\n")
+        data = bytearray()
+        while b"\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except FileNotFoundError:
+        raise ControlError(f"no cluster is listening at {path} (is it running? same --pid, "
+                           "--uds, --host/--port or --control-socket as cluster-run?)") from None
+    except OSError as exc:
+        raise ControlError(f"cannot talk to the cluster at {path}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    try:
+        reply: dict[str, Any] = json.loads(bytes(data))
+    except ValueError:
+        raise ControlError(f"the cluster at {path} sent no valid reply") from None
+    if not reply.get("ok", False):
+        raise ControlError(str(reply.get("error", "unknown error")))
+    return reply

@@ -1,0 +1,1 @@
+"""Small Flask apps that the integration tests run under ``flask cluster-run``."""
