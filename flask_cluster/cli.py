@@ -16,9 +16,7 @@ from .config import Config, click_options, option_name
 from .control import ControlError, control_path, request
 from .listeners import ListenError
 from .master import Master
-
-NOT_YET = ("cert", "key")
-"""Settings of the public contract that this version does not act on yet: refused, not ignored."""
+from .tls import TLSConfigError
 
 
 def _check_platform() -> None:
@@ -32,11 +30,8 @@ def _validate(config: Config) -> None:
     if config.uds and config.balance == "reuseport":
         raise click.BadParameter("reuseport needs a TCP address, not --uds",
                                  param_hint=option_name("balance"))
-    for name in NOT_YET:
-        value = getattr(config, name)
-        if value:
-            raise click.BadParameter("not supported by this version yet",
-                                     param_hint=option_name(name))
+    if config.key and not config.cert:
+        raise click.BadParameter("--key needs --cert", param_hint=option_name("key"))
 
 
 def _configure_logging() -> None:
@@ -55,7 +50,7 @@ def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     try:
         code = Master(config, info.load_app, app_name).run()
-    except ListenError as exc:
+    except (ListenError, TLSConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 

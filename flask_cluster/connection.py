@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 READ_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024  # stop producing body chunks while this much waits for the client
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class Connection:
@@ -55,7 +57,7 @@ class Connection:
     def on_readable(self) -> None:
         try:
             data = self.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         except OSError:
             self.close()
@@ -98,7 +100,7 @@ class Connection:
             data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             try:
                 sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
+            except WOULD_BLOCK:
                 sent = 0
             except OSError:
                 self.close()
@@ -154,3 +156,58 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+class TLSConnection(Connection):
+    """A connection wrapped in TLS: a non-blocking handshake first, then as :class:`Connection`.
+
+    Decrypted bytes can wait inside the TLS layer while the socket itself is not readable, so a
+    read goes on while ``pending()`` says there is more.
+    """
+
+    __slots__ = ("handshaking",)
+
+    def __init__(self, engine: Engine, sock: ssl.SSLSocket, remote_addr: str, remote_port: str) -> None:
+        super().__init__(engine, sock, remote_addr, remote_port)
+        self.handshaking = True
+
+    def on_readable(self) -> None:
+        if self.handshaking:
+            self._handshake()
+            return
+        super().on_readable()
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        while not self.closed and not self.closing and self.error is None and sock.pending():
+            super().on_readable()
+
+    def on_writable(self) -> None:
+        if self.handshaking:
+            self._handshake()
+            return
+        super().on_writable()
+
+    def _handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want_write(False)
+            return
+        except ssl.SSLWantWriteError:
+            self._want_write(True)
+            return
+        except (ssl.SSLError, OSError):
+            self.close()  # a plain-HTTP client or a failed handshake: only this connection ends
+            return
+        self.handshaking = False
+        self.last_active = time.monotonic()
+        self._want_write(False)
+        if sock.pending():
+            self.on_readable()
+
+    def _want_write(self, on: bool) -> None:
+        if on != self.want_write:
+            self.want_write = on
+            self.engine.watch_writes(self, on)

@@ -13,6 +13,7 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .access import AccessLog
-from .connection import HIGH_WATER, Connection
+from .connection import HIGH_WATER, Connection, TLSConnection
 from .protocol import Limits, Request
 from .wsgi import FileWrapper, Response, WSGIApp, build_environ, error_response
 
@@ -115,13 +116,14 @@ class ThreadedExchange:
 class Engine:
     def __init__(self, app: WSGIApp, *, threads: int, keep_alive: float, limits: Limits,
                  base_environ: dict[str, Any], access_log: AccessLog | None,
-                 on_request: Callable[[int], None]) -> None:
+                 on_request: Callable[[int], None], tls: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.limits = limits
         self.keep_alive = keep_alive
         self.base_environ = base_environ
         self.access_log = access_log
         self.on_request = on_request  # +1 when a request starts, -1 when it ends
+        self.tls = tls
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
         self.stopping = False
@@ -177,9 +179,19 @@ class Engine:
             addr, port = peer[0], str(peer[1])
         else:
             addr, port = "", ""
-        conn = Connection(self, sock, addr, port)
+        conn: Connection
+        if self.tls is not None:
+            try:
+                tls_sock = self.tls.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError):
+                sock.close()
+                return
+            conn = TLSConnection(self, tls_sock, addr, port)
+        else:
+            conn = Connection(self, sock, addr, port)
         self.connections.add(conn)
-        self.selector.register(sock, selectors.EVENT_READ, conn)
+        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def watch_writes(self, conn: Connection, on: bool) -> None:
         events = selectors.EVENT_WRITE if on else 0
@@ -272,7 +284,7 @@ class Engine:
         app_iter: Iterable[bytes] = ()
         try:
             app_iter = self.app(environ, response.start_response)
-            file = file_to_send(response, app_iter)
+            file = None if self.tls is not None else file_to_send(response, app_iter)
             if file is not None:
                 exchange.file = file
                 return
@@ -300,6 +312,8 @@ class Engine:
             self._transfer(current)
 
     def _start_file(self, conn: Connection, response: Response, app_iter: Iterable[bytes]) -> bool:
+        if self.tls is not None:
+            return False  # os.sendfile would bypass the encryption
         file = file_to_send(response, app_iter)
         if file is None:
             return False
@@ -408,7 +422,7 @@ class Engine:
         while True:
             for key, mask in select(TICK):
                 target = key.data
-                if type(target) is Connection:
+                if isinstance(target, Connection):
                     if mask & selectors.EVENT_READ:
                         target.on_readable()
                     if mask & selectors.EVENT_WRITE and not target.closed:

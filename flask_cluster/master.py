@@ -29,6 +29,7 @@ from .dispatch import chooser, hand_off
 from .listeners import close_quietly, describe, open_listener
 from .proctitle import set_title
 from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
+from .tls import server_context
 from .watch import SourceWatcher
 from .worker import EXIT_BOOT_ERROR, Worker, WorkerSockets
 
@@ -108,6 +109,7 @@ class Master:
         self.last_error: str | None = None  # the last reload or boot failure, for status
         self.control: ControlServer | None = None
         self.watcher = SourceWatcher(os.getcwd()) if config.reload else None
+        self.tls = server_context(config.cert, config.key) if config.cert else None
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- life ---------------------------------------------------------------------------------
@@ -117,7 +119,7 @@ class Master:
         config = self.config
         self.listener = open_listener(config.host, config.port, config.uds,
                                       reuseport=config.balance == "reuseport")
-        self.address = describe(self.listener)
+        self.address = describe(self.listener, tls=self.tls is not None)
         self._write_pid()
         self._install_signals()
         self._open_control()
@@ -193,7 +195,7 @@ class Master:
             if config.balance == "reuseport" else None,
         )
         worker = Worker(worker_id, slot, config, self.load_app, self.app_name, self.scoreboard,
-                        sockets, self._server_address(), self.pid)
+                        sockets, self._server_address(), self.pid, self.tls)
         pid = os.fork()
         if pid == 0:
             self._become_worker(worker, keep={worker_msg, worker_fd, listener}

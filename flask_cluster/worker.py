@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import traceback
 from collections.abc import Callable
@@ -49,7 +50,8 @@ class WorkerSockets:
 class Worker:
     def __init__(self, worker_id: int, slot: int, config: Config, load_app: Callable[[], Any],
                  app_name: str, scoreboard: Scoreboard, sockets: WorkerSockets,
-                 server_address: tuple[str, str], master_pid: int) -> None:
+                 server_address: tuple[str, str], master_pid: int,
+                 tls: ssl.SSLContext | None) -> None:
         self.worker_id = worker_id
         self.slot = slot
         self.config = config
@@ -59,6 +61,7 @@ class Worker:
         self.sockets = sockets
         self.server_address = server_address
         self.master_pid = master_pid
+        self.tls = tls
         self.engine: Engine | None = None
         self.channel = ipc.MessageChannel(sockets.messages)
         self._signal_r: socket.socket | None = None
@@ -118,10 +121,12 @@ class Worker:
         server_name, server_port = self.server_address
         engine = Engine(
             app, threads=config.threads, keep_alive=config.keep_alive, limits=Limits(),
-            base_environ=base_environ(server_name, server_port, scheme="http",
+            base_environ=base_environ(server_name, server_port,
+                                      scheme="https" if self.tls else "http",
                                       multithread=config.threads > 1),
             access_log=AccessLog() if config.access_log else None,
             on_request=on_request,
+            tls=self.tls,
         )
         engine.tick_callbacks.append(self._heartbeat)
         sockets = self.sockets
