@@ -1,23 +1,60 @@
-"""The access log: one line per request, in the common log format by default."""
+"""The access log: one line per request, written by a background thread.
+
+The loop only formats the line and puts it on a queue; a slow terminal or a full pipe on stderr
+stalls the writer thread, never the requests.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import os
+import queue
+import sys
 import time
 from typing import Any
 
 from .wsgi import Response
 
 COMMON_FORMAT = '{remote} - - [{time}] "{method} {uri} {protocol}" {status} {size}'
-logger = logging.getLogger("flask_cluster.access")
+STARTED = "flask_cluster.started"  # environ key: perf_counter() when the request was taken up
+FIELDS = ("remote", "time", "method", "uri", "protocol", "status", "size", "duration_ms",
+          "user_agent", "referer", "pid")
+
+
+class AccessLogFormatError(ValueError):
+    """The format names a field that does not exist."""
+
+
+def check_format(fmt: str) -> None:
+    sample = dict.fromkeys(FIELDS, "-")
+    try:
+        fmt.format(**sample)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise AccessLogFormatError(f"unknown field {exc} in the access log format; fields: "
+                                   f"{', '.join(FIELDS)}") from None
 
 
 class AccessLog:
     def __init__(self, fmt: str = COMMON_FORMAT) -> None:
+        check_format(fmt)
         self.fmt = fmt
+        self.pid = os.getpid()
+        self.logger = logging.getLogger("flask_cluster.access")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self.logger.handlers = [logging.handlers.QueueHandler(records)]
+        output = logging.StreamHandler(sys.stderr)
+        output.setFormatter(logging.Formatter("%(message)s"))
+        self.listener = logging.handlers.QueueListener(records, output)
+        self.listener.start()
+        atexit.register(self.listener.stop)
 
     def write(self, environ: dict[str, Any], response: Response) -> None:
-        logger.info(self.fmt.format(
+        started = environ.get(STARTED)
+        self.logger.info(self.fmt.format(
             remote=environ.get("REMOTE_ADDR") or "-",
             time=time.strftime("%d/%b/%Y:%H:%M:%S %z"),
             method=environ.get("REQUEST_METHOD", "-"),
@@ -25,4 +62,11 @@ class AccessLog:
             protocol=environ.get("SERVER_PROTOCOL", "-"),
             status=response.status_code or "-",
             size=response.body_bytes or "-",
+            duration_ms=f"{(time.perf_counter() - started) * 1000:.1f}" if started else "-",
+            user_agent=environ.get("HTTP_USER_AGENT", "-"),
+            referer=environ.get("HTTP_REFERER", "-"),
+            pid=self.pid,
         ))
+
+    def close(self) -> None:
+        self.listener.stop()

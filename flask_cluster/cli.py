@@ -12,6 +12,7 @@ from typing import Any
 import click
 from flask.cli import ScriptInfo, pass_script_info
 
+from .access import AccessLogFormatError, check_format
 from .config import Config, click_options, option_name
 from .control import ControlError, control_path, request
 from .listeners import ListenError
@@ -32,6 +33,10 @@ def _validate(config: Config) -> None:
                                  param_hint=option_name("balance"))
     if config.key and not config.cert:
         raise click.BadParameter("--key needs --cert", param_hint=option_name("key"))
+    try:
+        check_format(config.access_log_format)
+    except AccessLogFormatError as exc:
+        raise click.BadParameter(str(exc), param_hint=option_name("access_log_format")) from exc
 
 
 def _configure_logging() -> None:

@@ -71,6 +71,21 @@ class Config:
                              type=click.FloatRange(0, min_open=True))
     keep_alive: float = setting(5.0, "Seconds an idle keep-alive connection stays open.",
                                 type=click.FloatRange(0))
+    header_timeout: float = setting(10.0, "Seconds a client may take to send a request's headers "
+                                    "(slowloris guard; 408 after).", type=click.FloatRange(0, min_open=True))
+    max_connections: int = setting(1000, "Open connections per worker; more wait in the backlog "
+                                   "(shared, reuseport) or get 503.", type=click.IntRange(1))
+    limit_request_line: int = setting(8190, "Longest request target in bytes (414 above).",
+                                      type=click.IntRange(64))
+    limit_request_fields: int = setting(100, "Most header fields in a request (431 above).",
+                                        type=click.IntRange(1))
+    limit_request_header_bytes: int = setting(65536, "Largest header block in bytes (431 above).",
+                                              type=click.IntRange(256))
+    max_body: int = setting(0, "Largest request body in bytes (413 above; 0: no limit). Bodies "
+                            "over 1 MiB are spooled to a temporary file.", type=click.IntRange(0))
+    forwarded_allow_ips: str = setting(
+        "127.0.0.1,::1", "Comma-separated proxy addresses whose X-Forwarded-For and "
+        "X-Forwarded-Proto are trusted ('*': any).")
     max_requests: int = setting(0, "Recycle a worker after this many requests (0: never).",
                                 type=click.IntRange(0))
     max_requests_jitter: int = setting(0, "Add up to this many requests to --max-requests per worker.",
@@ -88,6 +103,10 @@ class Config:
         type=click.Path(dir_okay=False))
     access_log: bool = setting(False, "Log one line per request.",
                                flag="--access-log/--no-access-log")
+    access_log_format: str = setting(
+        '{remote} - - [{time}] "{method} {uri} {protocol}" {status} {size}',
+        "Access log line; fields: remote, time, method, uri, protocol, status, size, "
+        "duration_ms, user_agent, referer, pid.")
     reload: bool = setting(False, "Development: rolling reload when a source file changes.",
                            flag="--reload/--no-reload")
 

@@ -26,7 +26,8 @@ WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLW
 
 class Connection:
     __slots__ = ("sock", "engine", "parser", "out", "out_size", "current", "closing", "closed",
-                 "last_active", "want_write", "remote_addr", "remote_port", "error", "file")
+                 "last_active", "want_write", "remote_addr", "remote_port", "error", "file",
+                 "request_started")
 
     def __init__(self, engine: Engine, sock: socket.socket, remote_addr: str, remote_port: str) -> None:
         self.sock = sock
@@ -39,6 +40,7 @@ class Connection:
         self.closed = False
         self.want_write = False
         self.last_active = time.monotonic()
+        self.request_started = 0.0  # when the first byte of the request being read arrived
         self.remote_addr = remote_addr
         self.remote_port = remote_port
         self.error: HTTPError | None = None
@@ -74,6 +76,8 @@ class Connection:
         if self.error is not None or self.closing:
             return  # bytes after a refused request or after "Connection: close" are ignored
         parser = self.parser
+        if not parser.in_progress:
+            self.request_started = self.last_active
         try:
             parser.feed(data)
         except HTTPError as exc:
@@ -91,6 +95,14 @@ class Connection:
         if self.error is not None and not self.closing:
             self.push(error_response(self.error.status, self.error.reason, keep_alive=False))
             self.closing = True
+
+    def time_out(self) -> None:
+        """The client took too long to send its request headers: 408, then close."""
+        self.parser.requests.clear()
+        self.push(error_response(408, "Request Timeout", keep_alive=False))
+        self.closing = True
+        self.flush()
+        self.close()
 
     def flush(self) -> None:
         """Write what the kernel takes now; wait for writability for the rest."""

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .access import AccessLog
+from .access import STARTED, AccessLog
 from .connection import HIGH_WATER, Connection, TLSConnection
 from .protocol import Limits, Request
-from .wsgi import FileWrapper, Response, WSGIApp, build_environ, error_response
+from .wsgi import FileWrapper, Response, WSGIApp, apply_forwarded, build_environ, error_response
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -116,8 +116,15 @@ class ThreadedExchange:
 class Engine:
     def __init__(self, app: WSGIApp, *, threads: int, keep_alive: float, limits: Limits,
                  base_environ: dict[str, Any], access_log: AccessLog | None,
-                 on_request: Callable[[int], None], tls: ssl.SSLContext | None = None) -> None:
+                 on_request: Callable[[int], None], tls: ssl.SSLContext | None = None,
+                 header_timeout: float = 10.0, max_connections: int = 1000,
+                 trusted_proxies: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.trusted_proxies = trusted_proxies
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.listeners: list[tuple[socket.socket, Reader]] = []
+        self.accepting = True
         self.limits = limits
         self.keep_alive = keep_alive
         self.base_environ = base_environ
@@ -161,13 +168,43 @@ class Engine:
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:  # EMFILE and friends: keep serving who we have
-                    log.warning("accept failed: %s", exc)
+                    log.warning("accept failed: %s; pausing accepts for a second", exc)
+                    self._pause_accepting()
                     return
                 self.add_connection(sock)
+                if not self.accepting:
+                    return
 
+        self.listeners.append((listener, accept))
         self.add_reader(listener, accept)
 
+    def remove_listener(self, listener: socket.socket) -> None:
+        self.listeners = [(sock, cb) for sock, cb in self.listeners if sock is not listener]
+        self.remove_reader(listener)
+
+    def _pause_accepting(self) -> None:
+        """At capacity: leave new connections in the shared backlog for workers with room."""
+        if self.accepting:
+            self.accepting = False
+            for listener, _ in self.listeners:
+                self.remove_reader(listener)
+
+    def _resume_accepting(self) -> None:
+        if not self.accepting and not self.stopping \
+                and len(self.connections) < self.max_connections:
+            self.accepting = True
+            for listener, accept in self.listeners:
+                self.add_reader(listener, accept)
+
     def add_connection(self, sock: socket.socket) -> None:
+        if len(self.connections) >= self.max_connections:
+            # Handed over by the master while full: a clear refusal beats an unbounded queue.
+            try:
+                sock.send(error_response(503, "Service Unavailable", keep_alive=False))
+            except OSError:
+                pass
+            sock.close()
+            return
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -192,6 +229,8 @@ class Engine:
             conn = Connection(self, sock, addr, port)
         self.connections.add(conn)
         self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+        if len(self.connections) >= self.max_connections:
+            self._pause_accepting()
 
     def watch_writes(self, conn: Connection, on: bool) -> None:
         events = selectors.EVENT_WRITE if on else 0
@@ -211,6 +250,8 @@ class Engine:
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        if not self.accepting:
+            self._resume_accepting()
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -227,7 +268,13 @@ class Engine:
     # -- requests ---------------------------------------------------------------------------
 
     def environ_for(self, conn: Connection, request: Request) -> dict[str, Any]:
-        return build_environ(request, self.base_environ, conn.remote_addr, conn.remote_port)
+        environ = build_environ(request, self.base_environ, conn.remote_addr, conn.remote_port)
+        trusted = self.trusted_proxies
+        if trusted and (conn.remote_addr in trusted or "*" in trusted):
+            apply_forwarded(environ)
+        if self.access_log is not None:
+            environ[STARTED] = time.perf_counter()
+        return environ
 
     def serve(self, conn: Connection) -> None:
         """Answer the connection's parsed requests in order, one at a time."""
@@ -441,12 +488,26 @@ class Engine:
     def _housekeeping(self, now: float) -> None:
         for callback in self.tick_callbacks:
             callback(now)
-        limit = now - self.keep_alive
+        idle_since = now - self.keep_alive
+        stalled_since = now - self.header_timeout
         for conn in list(self.connections):
-            if conn.last_active < limit and conn.current is None and not conn.out:
-                conn.close()  # idle keep-alive, or a client that stalled mid-request
+            if conn.current is not None or conn.out:
+                continue  # the server's turn: the app or the client's reading holds it
+            parser = conn.parser
+            if parser.in_progress:
+                if not parser.headers_complete and conn.request_started < stalled_since:
+                    conn.time_out()  # slowloris: headers trickling for too long
+                elif conn.last_active < stalled_since:
+                    conn.close()  # a body that stopped arriving
+            elif getattr(conn, "handshaking", False):
+                if conn.last_active < stalled_since:
+                    conn.close()
+            elif conn.last_active < idle_since:
+                conn.close()  # idle keep-alive
         if self.stopping:
             self._close_idle()
+        else:
+            self._resume_accepting()
 
     def begin_stop(self, graceful_timeout: float) -> None:
         """Stop taking new requests; let those in progress finish within the timeout."""
@@ -466,6 +527,8 @@ class Engine:
     def close(self) -> None:
         for conn in list(self.connections):
             conn.close()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
         self.selector.close()

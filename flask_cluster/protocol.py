@@ -122,6 +122,7 @@ class RequestParser:
         self.upgraded = False
         self.in_progress = False  # bytes of an unfinished request have arrived
         self.continue_wanted = False  # a client waits for "100 Continue" before its body
+        self.headers_complete = False  # of the request in progress
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -150,6 +151,7 @@ class RequestParser:
 
     def on_message_begin(self) -> None:
         self.in_progress = True
+        self.headers_complete = False
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -170,6 +172,7 @@ class RequestParser:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.headers_complete = True
         parser = self._parser
         self._keep_alive = parser.should_keep_alive()
         for name, value in self._headers:

@@ -28,7 +28,7 @@ from .messaging import WorkerMessenger
 from .proctitle import set_title
 from .protocol import Limits
 from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
-from .wsgi import base_environ
+from .wsgi import base_environ, parse_trusted
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -119,14 +119,20 @@ class Worker:
                 self._retire()
 
         server_name, server_port = self.server_address
+        limits = Limits(max_url=config.limit_request_line,
+                        max_header_bytes=config.limit_request_header_bytes,
+                        max_headers=config.limit_request_fields, max_body=config.max_body)
         engine = Engine(
-            app, threads=config.threads, keep_alive=config.keep_alive, limits=Limits(),
+            app, threads=config.threads, keep_alive=config.keep_alive, limits=limits,
             base_environ=base_environ(server_name, server_port,
                                       scheme="https" if self.tls else "http",
                                       multithread=config.threads > 1),
-            access_log=AccessLog() if config.access_log else None,
+            access_log=AccessLog(config.access_log_format) if config.access_log else None,
             on_request=on_request,
             tls=self.tls,
+            header_timeout=config.header_timeout,
+            max_connections=config.max_connections,
+            trusted_proxies=parse_trusted(config.forwarded_allow_ips),
         )
         engine.tick_callbacks.append(self._heartbeat)
         sockets = self.sockets
@@ -192,7 +198,7 @@ class Worker:
             self._receive_connections()
             engine.remove_reader(sockets.handoff)
         if sockets.listener is not None:
-            engine.remove_reader(sockets.listener)
+            engine.remove_listener(sockets.listener)
             close_quietly(sockets.listener)
         engine.begin_stop(graceful_timeout)
 

@@ -99,6 +99,30 @@ def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
     return environ
 
 
+def parse_trusted(addresses: str) -> frozenset[str]:
+    """``--forwarded-allow-ips``: a comma-separated list of addresses, or ``*``."""
+    return frozenset(item.strip() for item in addresses.split(",") if item.strip())
+
+
+def apply_forwarded(environ: dict[str, Any]) -> None:
+    """Take the client address and scheme from a trusted proxy's ``X-Forwarded-*`` headers.
+
+    The last ``X-Forwarded-For`` entry is the one our proxy added (earlier ones came from the
+    client and can be forged); the originals stay in ``flask_cluster.proxy_addr``.
+    """
+    forwarded_for = environ.get("HTTP_X_FORWARDED_FOR")
+    if forwarded_for:
+        client = forwarded_for.rsplit(",", 1)[-1].strip()
+        if client:
+            environ["flask_cluster.proxy_addr"] = environ["REMOTE_ADDR"]
+            environ["REMOTE_ADDR"] = client
+    proto = environ.get("HTTP_X_FORWARDED_PROTO")
+    if proto:
+        proto = proto.rsplit(",", 1)[-1].strip().lower()
+        if proto in ("http", "https"):
+            environ["wsgi.url_scheme"] = proto
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: the connection sends it with ``os.sendfile`` when it can."""
 
