@@ -59,7 +59,10 @@ class WorkerHandle:
         self.channel = channel
         self.handoff = handoff
         self.scoreboard = scoreboard
-        self.state = "booting"  # -> ready -> retiring (told to stop) ; dead when reaped
+        # booting -> ready -> retiring (told to finish and exit); "gone" once it is known to be
+        # dead or stuck but not yet reaped. Only "ready" workers get connections and messages.
+        self.state = "booting"
+        self.replaced = False  # a successor was started already: do not respawn on exit
         self.started = time.monotonic()
         self.kill_at: float | None = None  # SIGKILL if still alive then
         self.boot_error: str | None = None
@@ -363,7 +366,7 @@ class Master:
         handle: WorkerHandle = target
         if handle.state == "ready":
             log.warning("%s is gone; no more connections for it", handle)
-            handle.state = "dead"
+            handle.state = "gone"
 
     # -- signals ------------------------------------------------------------------------------
 
@@ -479,10 +482,11 @@ class Master:
 
     def _replace(self, handle: WorkerHandle) -> None:
         """A stuck worker: stop it (politely, then not) and start its successor now."""
-        if handle.state in ("retiring", "dead"):
+        if handle.state == "retiring" or handle.replaced:
             return
         self._signal(handle, signal.SIGTERM)
-        handle.state = "dead"
+        handle.state = "gone"
+        handle.replaced = True
         handle.kill_at = time.monotonic() + KILL_GRACE
         self.broker.worker_gone(handle)
         if not self.stopping and handle.worker_id < self.target:
@@ -566,7 +570,7 @@ class Master:
                 self._fail(EXIT_CRASH_LOOP, f"workers keep dying before they are ready (last: "
                                             f"worker {handle.worker_id}, {how})")
                 return
-        if handle.state != "dead":  # not already replaced by _replace
+        if not handle.replaced:
             delay = self._next_backoff(handle.worker_id, lived)
             log.error("%s died after %.1fs (%s); respawning in %.1fs", handle, lived, how, delay)
             self.respawn_at[handle.worker_id] = time.monotonic() + delay
