@@ -68,6 +68,8 @@ class WorkerHandle:
         self.boot_error: str | None = None
         self.restarts = 0
         self.over_memory = 0  # consecutive checks above --max-memory
+        self.wants_write = False  # registered for EVENT_WRITE: messages wait for the worker
+        self.on_event: Callable[[Any, int], None] = lambda _sock, _mask: None
         self.renewing = False  # a successor is on its way
 
     @property
@@ -98,6 +100,7 @@ class Master:
         self.waiting: deque[socket.socket] = deque()  # accepted, no worker could take it yet
         self.chooser = chooser(config.balance)
         self.broker = Broker(self._send_to)
+        self._unflushed: set[WorkerHandle] = set()
         self.respawn_at: dict[int, float] = {}  # worker_id -> when to spawn it again
         self.backoff: dict[int, float] = {}
         self._restarts: dict[int, int] = {}  # worker_id -> restarts so far, for status
@@ -168,6 +171,7 @@ class Master:
             self.reload()
         if self.stopping and now >= self.stop_deadline:
             self._kill_all(signal.SIGKILL)
+        self._flush_channels()
 
     def _next_timeout(self) -> float:
         if self.waiting:
@@ -211,7 +215,8 @@ class Master:
         handle = WorkerHandle(worker_id, slot, pid, ipc.MessageChannel(master_msg),
                               master_fd if self._master_accepts else None, self.scoreboard)
         self.workers[pid] = handle
-        self.selector.register(master_msg, selectors.EVENT_READ, self._on_channel(handle))
+        handle.on_event = self._on_channel(handle)
+        self.selector.register(master_msg, selectors.EVENT_READ, handle.on_event)
         return handle
 
     def _become_worker(self, worker: Worker, keep: set[socket.socket],
@@ -301,7 +306,12 @@ class Master:
                       handle, channel.pending)
             self._replace(handle)
             return
-        self._flush(handle)
+        self._unflushed.add(handle)  # written once per loop pass, not once per message
+
+    def _flush_channels(self) -> None:
+        unflushed, self._unflushed = self._unflushed, set()
+        for handle in unflushed:
+            self._flush(handle)
 
     def _flush(self, handle: WorkerHandle) -> None:
         try:
@@ -309,13 +319,16 @@ class Master:
         except ipc.ChannelClosed:
             self._unwatch(handle)
             return
-        events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
-        try:
-            self.selector.modify(handle.channel.sock, events, self._on_channel(handle))
-        except (KeyError, ValueError):
-            pass
+        if handle.wants_write == done:  # changed: tell the selector
+            handle.wants_write = not done
+            events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+            try:
+                self.selector.modify(handle.channel.sock, events, handle.on_event)
+            except (KeyError, ValueError):
+                pass
 
     def _unwatch(self, handle: WorkerHandle) -> None:
+        self._unflushed.discard(handle)
         try:
             self.selector.unregister(handle.channel.sock)
         except (KeyError, ValueError):
