@@ -6,10 +6,13 @@ I/O and moves on to the next candidate when a worker's queue is full or the work
 
 from __future__ import annotations
 
+import errno
 import logging
+import selectors
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import ipc
 
@@ -67,3 +70,87 @@ def hand_off(conn: socket.socket, candidates: list[Target],
         except ipc.ChannelClosed:
             on_gone(target)  # died since we last looked: never hand it another connection
     return False
+
+
+ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
+ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Dispatcher:
+    """The master's accept loop for ``round-robin`` and ``least-busy``.
+
+    Accepts, chooses, hands off. A connection no worker can take yet (all queues full, or no
+    worker ready) waits here, and the listener is left alone until it is handed off, so the
+    kernel's backlog holds the rest instead of our memory.
+    """
+
+    def __init__(self, listener: socket.socket, selector: selectors.BaseSelector, balance: str,
+                 live: Callable[[], Sequence[Target]], on_gone: Callable[[Target], None]) -> None:
+        self.listener = listener
+        self.selector = selector
+        self.chooser = chooser(balance)
+        self.live = live
+        self.on_gone = on_gone
+        self.waiting: deque[socket.socket] = deque()
+        self.accepting = False
+        self.stopped = False
+
+    @property
+    def paused(self) -> bool:
+        """Connections wait for a worker, or accepting failed: the master retries each pass."""
+        return not self.stopped and not self.accepting
+
+    def start(self) -> None:
+        self._accept_more(True)
+
+    def stop(self) -> None:
+        """Stop accepting; connections already accepted still go to a worker if one can take
+        them (the rest are closed)."""
+        self.stopped = True
+        self._accept_more(False)
+        self.retry()
+        self.close_waiting()
+
+    def close_waiting(self) -> None:
+        for conn in self.waiting:
+            conn.close()
+        self.waiting.clear()
+
+    def on_readable(self, listener: Any, _mask: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in ACCEPT_PAUSE_ERRORS:
+                    raise
+                log.warning("accept failed: %s; retrying shortly", exc)
+                self._accept_more(False)  # the loop's next pass (at most a tick) resumes
+                return
+            if self.waiting or not self._hand_off(conn):
+                self.waiting.append(conn)
+                self._accept_more(False)
+                return
+
+    def retry(self) -> None:
+        """Hand off what waits; accept again once nothing does."""
+        while self.waiting and self._hand_off(self.waiting[0]):
+            self.waiting.popleft()
+        if not self.waiting and not self.stopped:
+            self._accept_more(True)
+
+    def _hand_off(self, conn: socket.socket) -> bool:
+        if not hand_off(conn, self.chooser.order(self.live()), self.on_gone):
+            return False
+        conn.close()
+        return True
+
+    def _accept_more(self, on: bool) -> None:
+        if on == self.accepting:
+            return
+        self.accepting = on
+        if on:
+            self.selector.register(self.listener, selectors.EVENT_READ, self.on_readable)
+        else:
+            self.selector.unregister(self.listener)

@@ -6,7 +6,6 @@ The master never imports the app: workers load it after the fork, so a reload pi
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pickle
@@ -25,7 +24,7 @@ from .broker import MAX_WORKER_BACKLOG, Broker
 from .config import Config
 from .control import ControlServer, control_path
 from .cpus import usable_cpus
-from .dispatch import chooser, hand_off
+from .dispatch import Dispatcher
 from .listeners import close_quietly, describe, open_listener
 from .proctitle import set_title
 from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
@@ -43,7 +42,6 @@ BACKOFF_START = 0.1
 BACKOFF_CAP = 15.0  # pm2's exp_backoff_restart_delay grows to 15 s as well
 STABLE_AFTER = 30.0  # a worker that lived this long resets its slot's backoff
 KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
-ACCEPT_BATCH = 64
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
@@ -97,8 +95,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.signals: deque[int] = deque()
         self.listener: socket.socket | None = None
-        self.waiting: deque[socket.socket] = deque()  # accepted, no worker could take it yet
-        self.chooser = chooser(config.balance)
+        self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
         self.broker = Broker(self._send_to)
         self._unflushed: set[WorkerHandle] = set()
         self.respawn_at: dict[int, float] = {}  # worker_id -> when to spawn it again
@@ -130,7 +127,9 @@ class Master:
         self._install_signals()
         self._open_control()
         if self._master_accepts:
-            self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+            self.dispatcher = Dispatcher(self.listener, self.selector, config.balance,
+                                         lambda: self._live, self._lost)
+            self.dispatcher.start()
         self.scoreboard.worker_count = self.target
         for worker_id in range(self.target):
             self._spawn(worker_id)
@@ -163,7 +162,8 @@ class Master:
         self._reap()
         now = time.monotonic()
         self.broker.expire(now)
-        self._retry_waiting()
+        if self.dispatcher is not None and self.dispatcher.paused:
+            self.dispatcher.retry()
         self._check_workers(now)
         self._respawn_due(now)
         if self.watcher is not None and not self.stopping and self.watcher.changed():
@@ -174,8 +174,8 @@ class Master:
         self._flush_channels()
 
     def _next_timeout(self) -> float:
-        if self.waiting:
-            return 0.01
+        if self.dispatcher is not None and self.dispatcher.paused:
+            return 0.01  # retry the hand-off soon
         deadlines = [time.monotonic() + 1.0, *self.respawn_at.values()]
         gather = self.broker.next_deadline()
         if gather is not None:
@@ -232,8 +232,9 @@ class Master:
             for handle in self.workers.values():
                 handle.channel.close()
                 close_quietly(handle.handoff)
-            for sock in self.waiting:
-                sock.close()
+            if self.dispatcher is not None:
+                for sock in self.dispatcher.waiting:
+                    sock.close()
             if self.listener not in keep:
                 close_quietly(self.listener)
             self._wake_r.close()
@@ -334,48 +335,8 @@ class Master:
         except (KeyError, ValueError):
             pass
 
-    # -- connections --------------------------------------------------------------------------
-
-    def _accept(self, listener: socket.socket, _mask: int) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept failed: %s", exc)
-                    return
-                raise
-            if self.waiting or not self._dispatch(conn):
-                self._wait(conn)
-
-    def _dispatch(self, conn: socket.socket) -> bool:
-        if not hand_off(conn, self.chooser.order(self._live), self._lost):
-            return False
-        conn.close()
-        return True
-
-    def _wait(self, conn: socket.socket) -> None:
-        """No worker can take ``conn`` now: hold it, and stop accepting until one can."""
-        self.waiting.append(conn)
-        if self.listener is not None and len(self.waiting) == 1:
-            try:
-                self.selector.unregister(self.listener)
-            except (KeyError, ValueError):
-                pass
-
-    def _retry_waiting(self) -> None:
-        while self.waiting and self._dispatch(self.waiting[0]):
-            self.waiting.popleft()
-        if not self.waiting and self.listener is not None and not self.stopping \
-                and self._master_accepts:
-            try:
-                self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
-            except KeyError:
-                pass  # already registered
-
     def _lost(self, target: Any) -> None:
+        """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
         handle: WorkerHandle = target
         if handle.state == "ready":
             log.warning("%s is gone; no more connections for it", handle)
@@ -424,15 +385,8 @@ class Master:
         self.stopping = True
         self.respawn_at.clear()
         self.reload_queue.clear()
-        if self.listener is not None:
-            try:
-                self.selector.unregister(self.listener)
-            except (KeyError, ValueError):
-                pass
-        self._retry_waiting()  # connections already accepted still get an answer
-        for conn in self.waiting:
-            conn.close()
-        self.waiting.clear()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         grace = self.config.graceful_timeout if graceful else 0.0
         self.stop_deadline = time.monotonic() + grace + KILL_GRACE
         self._kill_all(signal.SIGTERM if graceful else signal.SIGQUIT)
@@ -697,8 +651,8 @@ class Master:
     def _cleanup(self) -> None:
         for handle in self.workers.values():
             self._signal(handle, signal.SIGKILL)
-        for conn in self.waiting:
-            conn.close()
+        if self.dispatcher is not None:
+            self.dispatcher.close_waiting()
         if self.control is not None:
             self.control.close()
         close_quietly(self.listener)
