@@ -16,10 +16,48 @@ import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 MAX_REQUEST = 64 * 1024
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Controlled(Protocol):
+    """What the control socket can ask of the master."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def reload(self) -> None: ...
+
+    def stop(self, *, graceful: bool) -> None: ...
+
+    def scale(self, count: int) -> None: ...
+
+    def publish(self, topic: str, data: Any) -> int: ...
+
+
+def execute(request: dict[str, Any], master: Controlled) -> dict[str, Any]:
+    """Carry out one control request; the reply always says ``ok`` and, if not, why."""
+    command = request.get("command")
+    if command == "status":
+        return {"ok": True, **master.status()}
+    if command == "reload":
+        master.reload()
+    elif command == "stop":
+        master.stop(graceful=True)
+    elif command == "scale":
+        count = request.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            return {"ok": False, "error": f"scale needs a whole number of at least 1, not {count!r}"}
+        master.scale(count)
+    elif command == "broadcast":
+        topic = request.get("topic")
+        if not isinstance(topic, str) or not topic:
+            return {"ok": False, "error": "broadcast needs a topic"}
+        return {"ok": True, "delivered_to": master.publish(topic, request.get("data"))}
+    else:
+        return {"ok": False, "error": f"unknown command {command!r}"}
+    return {"ok": True}
 
 
 class ControlError(Exception):

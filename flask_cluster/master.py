@@ -20,9 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import ipc
+from .backoff import Backoff
 from .broker import MAX_WORKER_BACKLOG, Broker
 from .config import Config
-from .control import ControlServer, control_path
+from .control import ControlServer, control_path, execute
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
 from .listeners import close_quietly, describe, open_listener
@@ -38,9 +39,6 @@ EXIT_CLEAN = 0
 EXIT_APP_LOAD_ERROR = 3
 EXIT_CRASH_LOOP = 4
 MAX_BOOT_CRASHES = 5  # workers dying before they are ready, in a row, before the master gives up
-BACKOFF_START = 0.1
-BACKOFF_CAP = 15.0  # pm2's exp_backoff_restart_delay grows to 15 s as well
-STABLE_AFTER = 30.0  # a worker that lived this long resets its slot's backoff
 KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
@@ -99,7 +97,7 @@ class Master:
         self.broker = Broker(self._send_to)
         self._unflushed: set[WorkerHandle] = set()
         self.respawn_at: dict[int, float] = {}  # worker_id -> when to spawn it again
-        self.backoff: dict[int, float] = {}
+        self.backoff = Backoff()
         self._restarts: dict[int, int] = {}  # worker_id -> restarts so far, for status
         self.boot_crashes = 0
         self.stopping = False
@@ -528,7 +526,7 @@ class Master:
             for old in self.workers.values():
                 old.renewing = False
             if not self._has_ready_worker(handle.worker_id) and handle.worker_id < self.target:
-                delay = self._next_backoff(handle.worker_id, lived)
+                delay = self.backoff.delay(handle.worker_id, lived)
                 self.respawn_at[handle.worker_id] = time.monotonic() + delay
             return
         if handle.state == "booting":
@@ -538,7 +536,7 @@ class Master:
                                             f"worker {handle.worker_id}, {how})")
                 return
         if not handle.replaced:
-            delay = self._next_backoff(handle.worker_id, lived)
+            delay = self.backoff.delay(handle.worker_id, lived)
             log.error("%s died after %.1fs (%s); respawning in %.1fs", handle, lived, how, delay)
             self.respawn_at[handle.worker_id] = time.monotonic() + delay
             self._restarts[handle.worker_id] = handle.restarts + 1
@@ -546,14 +544,6 @@ class Master:
     def _has_ready_worker(self, worker_id: int) -> bool:
         return any(handle.worker_id == worker_id and handle.state == "ready"
                    for handle in self.workers.values())
-
-    def _next_backoff(self, worker_id: int, lived: float) -> float:
-        if lived >= STABLE_AFTER:
-            self.backoff.pop(worker_id, None)
-            return 0.0
-        delay = min(BACKOFF_CAP, self.backoff.get(worker_id, BACKOFF_START / 2) * 2)
-        self.backoff[worker_id] = delay
-        return delay
 
     def _respawn_due(self, now: float) -> None:
         for worker_id, when in list(self.respawn_at.items()):
@@ -574,7 +564,7 @@ class Master:
         port = self.listener.getsockname()[1] if self.listener.family != socket.AF_UNIX else 0
         path = control_path(explicit=config.control_socket, pid_file=config.pid, uds=config.uds,
                             app_name=self.app_name, host=config.host, port=port)
-        self.control = ControlServer(path, self._control_command)
+        self.control = ControlServer(path, lambda request: execute(request, self))
         self.selector.register(self.control.sock, selectors.EVENT_READ, self._control_accept)
 
     def _control_accept(self, _sock: Any, _mask: int) -> None:
@@ -589,28 +579,10 @@ class Master:
         if not self.control.read(client):
             self.selector.register(client, selectors.EVENT_READ, self._control_read)
 
-    def _control_command(self, request: dict[str, Any]) -> dict[str, Any]:
-        command = request.get("command")
-        if command == "status":
-            return {"ok": True, **self.status()}
-        if command == "reload":
-            self.reload()
-        elif command == "stop":
-            self.stop(graceful=True)
-        elif command == "scale":
-            count = request.get("count")
-            if not isinstance(count, int) or count < 1:
-                return {"ok": False, "error": f"scale needs a whole number of at least 1, not {count!r}"}
-            self.scale(count)
-        elif command == "broadcast":
-            topic = request.get("topic")
-            if not isinstance(topic, str) or not topic:
-                return {"ok": False, "error": "broadcast needs a topic"}
-            payload = pickle.dumps(request.get("data"), pickle.HIGHEST_PROTOCOL)
-            return {"ok": True, "delivered_to": self.broker.publish(topic, payload, self._live)}
-        else:
-            return {"ok": False, "error": f"unknown command {command!r}"}
-        return {"ok": True}
+    def publish(self, topic: str, data: Any) -> int:
+        """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
+        payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+        return self.broker.publish(topic, payload, self._live)
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
