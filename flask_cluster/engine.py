@@ -9,6 +9,7 @@ reading and writing, and idle keep-alive connections never hold an app thread.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -168,6 +169,10 @@ class Engine:
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:  # EMFILE and friends: keep serving who we have
+                    if exc.errno == errno.EINVAL or listener.fileno() < 0:
+                        # No longer listening, or closed by _stop earlier in this batch of events.
+                        self.remove_listener(listener)
+                        return
                     log.warning("accept failed: %s; pausing accepts for a second", exc)
                     self._pause_accepting()
                     return

@@ -120,6 +120,20 @@ def describe(sock: socket.socket, *, tls: bool = False) -> str:
     return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
+def stop_listening(sock: socket.socket | None) -> None:
+    """Refuse new connections on ``sock`` from now on, for every process that shares it.
+
+    A listener nobody accepts from any more still completes handshakes into the kernel's
+    backlog: those clients would wait until the last process holding it exits, then be reset.
+    On Linux, ``shutdown`` takes a listening socket (TCP or Unix) out of the listening state
+    for all its holders while the descriptor stays valid (so no selector sees a reused fd).
+    """
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # not a listener (reuseport's master socket), or macOS
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def close_quietly(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):

@@ -26,7 +26,7 @@ from .config import Config
 from .control import ControlServer, control_path, execute
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
-from .listeners import close_quietly, describe, open_listener
+from .listeners import close_quietly, describe, open_listener, stop_listening
 from .proctitle import set_title
 from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
 from .tls import server_context
@@ -385,6 +385,9 @@ class Master:
         self.reload_queue.clear()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        # New clients are refused from now on instead of waiting in the backlog until we exit
+        # (shared: for the workers' copies too; they stop accepting when they get SIGTERM).
+        stop_listening(self.listener)
         grace = self.config.graceful_timeout if graceful else 0.0
         self.stop_deadline = time.monotonic() + grace + KILL_GRACE
         self._kill_all(signal.SIGTERM if graceful else signal.SIGQUIT)

@@ -55,6 +55,13 @@ class NotImplementedMethod(HTTPError):
     reason = "Not Implemented"
 
 
+class UnsupportedTransferCoding(HTTPError):
+    """RFC 9112 6.1: a transfer coding we cannot decode (llhttp only knows chunked)."""
+
+    status = 501
+    reason = "Not Implemented"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Defaults as gunicorn's and nginx's: large enough for real clients, small enough to bound."""
@@ -174,13 +181,42 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self.headers_complete = True
         parser = self._parser
+        version = parser.get_http_version()
         self._keep_alive = parser.should_keep_alive()
+        hosts = 0
+        expect: bytes | None = None
+        codings: list[bytes] = []
+        # Lengths first: a cheap filter, as most fields are none of these.
         for name, value in self._headers:
-            if len(name) == 6 and name.lower() == b"expect":
-                if value.lower() != b"100-continue":
-                    raise ExpectationFailed(f"unsupported Expect: {value!r}")
-                self._expect_continue = parser.get_http_version() == "1.1"
-                self.continue_wanted = self._expect_continue
+            size = len(name)
+            if size == 4 and name.lower() == b"host":
+                hosts += 1
+            elif size == 6 and name.lower() == b"expect":
+                expect = value
+            elif size == 14 and name.lower() == b"content-length":
+                # llhttp has checked the digits; refuse now rather than after max_body bytes,
+                # and never invite the body with "100 Continue".
+                if self.limits.max_body and int(value) > self.limits.max_body:
+                    raise PayloadTooLarge(f"declared body exceeds {self.limits.max_body} bytes")
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise BadRequest("an HTTP/1.1 request needs exactly one Host field (RFC 9112 3.2)")
+        if codings:
+            # RFC 9112 6.3: without chunked last the length is unknowable (400, as llhttp says);
+            # 6.1: a coding before it that we cannot decode gets 501, not a still-coded body.
+            if codings[-1] != b"chunked":
+                raise BadRequest("chunked must be the final transfer coding")
+            unknown = [c for c in codings[:-1] if c != b"chunked"]
+            if unknown:
+                raise UnsupportedTransferCoding(f"unsupported transfer coding {unknown[0]!r}")
+            if version == "1.0":
+                self._keep_alive = False  # RFC 9112 6.1: faulty framing, close after it
+        if expect is not None:
+            if expect.lower() != b"100-continue":
+                raise ExpectationFailed(f"unsupported Expect: {expect!r}")
+            self._expect_continue = version == "1.1"
+            self.continue_wanted = self._expect_continue
 
     def on_body(self, body: bytes) -> None:
         if self._body is None:

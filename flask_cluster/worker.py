@@ -24,7 +24,7 @@ from .access import AccessLog
 from .config import Config
 from .engine import Engine
 from .extension import extension_of
-from .listeners import close_quietly, reuseport_listener
+from .listeners import close_quietly, reuseport_listener, stop_listening
 from .messaging import WorkerMessenger
 from .proctitle import set_title
 from .protocol import Limits
@@ -226,6 +226,10 @@ class Worker:
     def _record_signal(self, signum: int, _frame: Any) -> None:
         if self.engine is None:  # still booting: nothing in flight, just go
             os._exit(EXIT_OK)
+        if self.sockets.reuseport is not None:
+            # Our own SO_REUSEPORT socket: stop taking connections now, not when the loop gets
+            # here (with --threads 1 a slow view holds the loop, and clients would queue).
+            stop_listening(self.sockets.listener)
 
     def _on_signal(self) -> None:
         assert self._signal_r is not None
