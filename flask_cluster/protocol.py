@@ -176,7 +176,9 @@ class RequestParser:
             raise HeadersTooLarge(f"headers larger than {self.limits.max_header_bytes} bytes")
         if len(self._headers) >= self.limits.max_headers:
             raise HeadersTooLarge(f"more than {self.limits.max_headers} header fields")
-        self._headers.append((name, value))
+        # llhttp drops the whitespace before a field value but keeps what follows it, which
+        # RFC 9112 5.1 says is not part of the value.
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         self.headers_complete = True
