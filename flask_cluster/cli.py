@@ -55,7 +55,7 @@ def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     try:
         code = Master(config, info.load_app, app_name).run()
-    except (ListenError, TLSConfigError) as exc:
+    except (ListenError, TLSConfigError, ControlError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 

@@ -22,12 +22,13 @@ READ_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024  # stop producing body chunks while this much waits for the client
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+LINGER = 5.0  # seconds a refused client may go on sending before we close (RFC 9112 9.6)
 
 
 class Connection:
     __slots__ = ("sock", "engine", "parser", "out", "out_size", "current", "closing", "closed",
                  "last_active", "want_write", "remote_addr", "remote_port", "error", "file",
-                 "request_started")
+                 "request_started", "lingering")
 
     def __init__(self, engine: Engine, sock: socket.socket, remote_addr: str, remote_port: str) -> None:
         self.sock = sock
@@ -45,6 +46,7 @@ class Connection:
         self.remote_port = remote_port
         self.error: HTTPError | None = None
         self.file: tuple[int, int, int] | None = None  # (fd, offset, count) for os.sendfile
+        self.lingering = 0.0  # when a lingering close gives up; 0: not lingering
 
     @property
     def idle(self) -> bool:
@@ -65,6 +67,10 @@ class Connection:
             self.close()
             return
         self.last_active = time.monotonic()
+        if self.lingering:
+            if not data:
+                self.close()  # the client is done sending: the close is clean now
+            return  # the rest of a refused request: dropped
         if not data:
             if self.idle:
                 self.close()
@@ -126,12 +132,29 @@ class Connection:
         if not self.out and self.file is not None and not self._send_file():
             self.close()
             return
-        pending = bool(self.out) or self.file is not None
+        # A response paused at the high-water mark is resumed by a writable event, so keep
+        # asking for one even when this flush drained the buffer, or nothing would resume it.
+        pending = bool(self.out) or self.file is not None or self.engine.producing(self)
         if pending != self.want_write:
             self.want_write = pending
             self.engine.watch_writes(self, pending)
         if not pending and self.closing and self.current is None and not self.parser.requests:
+            if self.error is None:
+                self.close()
+            elif not self.lingering:
+                self._linger()
+
+    def _linger(self) -> None:
+        """Close in stages after refusing a request the client may still be sending (RFC 9112
+        9.6): closing with its bytes unread would send a reset, which can destroy our response
+        before the client reads it. Send FIN, drop what still comes, close on the client's FIN
+        or after :data:`LINGER` seconds."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
             self.close()
+            return
+        self.lingering = time.monotonic() + LINGER
 
     def _send_file(self) -> bool:
         """Advance an ``os.sendfile`` transfer; False when the connection broke."""

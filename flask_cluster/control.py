@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import stat
 import struct
 import tempfile
 from collections.abc import Callable
@@ -88,34 +89,47 @@ def control_path(*, explicit: str | None, pid_file: str | None, uds: str | None,
 class ControlServer:
     """Non-blocking: the master's loop calls :meth:`on_accept` and :meth:`on_readable`."""
 
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(self, path: str, handler: Handler, *, private_dir: bool = False) -> None:
+        """``private_dir``: the directory is the default one we chose, so it must be ours alone
+        (``/tmp/flask-cluster-<uid>`` may have been made by another user before us)."""
         self.path = path
         self.handler = handler
         directory = os.path.dirname(path) or "."
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # the socket file is born 0600: no window with looser modes
         try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old_umask)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            if private_dir:
+                _make_private(directory)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            old_umask = os.umask(0o177)  # the socket is born 0600: no window with looser modes
+            try:
+                self.sock.bind(path)
+            finally:
+                os.umask(old_umask)
+        except OSError as exc:
+            self.sock.close()
+            raise ControlError(f"cannot create the control socket {path}: "
+                               f"{exc.strerror or exc}") from None
+        except ControlError:
+            self.sock.close()
+            raise
         self.sock.listen(16)
         self.sock.setblocking(False)
         self.clients: dict[socket.socket, bytearray] = {}
+        self.refused: set[socket.socket] = set()
 
     def accept(self) -> socket.socket | None:
         try:
             client, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             return None
-        if not _same_user(client):
-            _reply(client, {"ok": False, "error": "permission denied"})
-            client.close()
-            return None
         client.setblocking(False)
         self.clients[client] = bytearray()
+        if not _same_user(client):
+            # Refused once its request is read: replying and hanging up at once reaches a
+            # client that is still sending as a broken pipe instead of this refusal.
+            self.refused.add(client)
         return client
 
     def read(self, client: socket.socket) -> bool:
@@ -132,6 +146,11 @@ class ControlServer:
             return False
         del self.clients[client]
         line = bytes(buffer).split(b"\n", 1)[0]
+        if client in self.refused:
+            self.refused.discard(client)
+            _reply(client, {"ok": False, "error": "permission denied"})
+            client.close()
+            return True
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
@@ -149,6 +168,15 @@ class ControlServer:
         self.sock.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def _make_private(directory: str) -> None:
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ControlError(f"{directory} is not a directory of yours: refusing to put the control "
+                           "socket there (remove it, or choose one with --control-socket)")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(directory, 0o700)
 
 
 def _same_user(client: socket.socket) -> bool:

@@ -53,7 +53,7 @@ class ThreadedExchange:
     """A response produced on a pool thread; chunks cross to the loop under a condition."""
 
     __slots__ = ("engine", "conn", "request", "response", "cond", "chunks", "size", "done",
-                 "aborted", "file", "queued", "environ", "started", "waiting")
+                 "aborted", "file", "queued", "environ", "started", "waiting", "settled")
 
     def __init__(self, engine: Engine, conn: Connection, request: Request) -> None:
         self.engine = engine
@@ -70,6 +70,7 @@ class ThreadedExchange:
         self.environ: dict[str, Any] = {}
         self.started = time.monotonic()
         self.waiting = False  # blocked until the client reads: not the app's fault
+        self.settled = False  # its end was counted (on_request(-1)) and its iterable closed
 
     def push(self, data: bytes) -> None:
         with self.cond:
@@ -264,7 +265,7 @@ class Engine:
         current = conn.current
         if isinstance(current, ThreadedExchange):
             current.abort()
-            self.busy.discard(current)
+            self._transfer(current)  # settles it now if the app is done, else when it is
         elif isinstance(current, InlineExchange):
             conn.current = None
             self._close_iterable(current.app_iter)
@@ -311,7 +312,15 @@ class Engine:
             return
         exchange = InlineExchange(response, app_iter, request, environ)
         conn.current = exchange
-        if self._start_file(conn, response, app_iter):
+        try:
+            sending_file = self._start_file(conn, response, app_iter)
+        except Exception:  # the headers cannot be sent: a 500, never an error out of the loop
+            conn.current = None
+            self._app_failed(conn, response, environ)
+            self._close_iterable(app_iter)
+            self._finish(conn, response, request, environ)
+            return
+        if sending_file:
             return
         self._pump(conn, exchange)
 
@@ -353,6 +362,11 @@ class Engine:
                 self._close_iterable(app_iter)
             else:
                 exchange.environ["flask_cluster.file_iter"] = app_iter
+
+    @staticmethod
+    def producing(conn: Connection) -> bool:
+        """An inline response is under way: the loop produces more of it when the client reads."""
+        return type(conn.current) is InlineExchange
 
     def resume(self, conn: Connection) -> None:
         """The client drained its buffer: produce more of the response in progress."""
@@ -439,7 +453,14 @@ class Engine:
 
     def _transfer(self, exchange: ThreadedExchange) -> None:
         conn = exchange.conn
-        if conn.closed or conn.current is not exchange or conn.out_size > HIGH_WATER:
+        if conn.closed:
+            # The client left. Taking the chunks keeps the exchange's wake-ups coming (it is
+            # queued at most once until taken), so its end is noticed and settled here.
+            _chunks, done = exchange.take()
+            if done:
+                self._abandon(exchange)
+            return
+        if conn.current is not exchange or conn.out_size > HIGH_WATER:
             return
         chunks, done = exchange.take()
         if done:
@@ -457,6 +478,16 @@ class Engine:
             self.serve(conn)
         else:
             conn.flush()
+
+    def _abandon(self, exchange: ThreadedExchange) -> None:
+        """A threaded request whose client left: close what it opened, count its end once."""
+        if exchange.settled:
+            return
+        exchange.settled = True
+        self.busy.discard(exchange)
+        if exchange.file is not None or "flask_cluster.file_iter" in exchange.environ:
+            self._close_iterable(exchange.environ.pop("flask_cluster.file_iter", ()))
+        self.on_request(-1)
 
     def oldest_busy(self) -> float | None:
         """When the longest-running app call on a pool thread started (not counting time spent
@@ -496,6 +527,10 @@ class Engine:
         idle_since = now - self.keep_alive
         stalled_since = now - self.header_timeout
         for conn in list(self.connections):
+            if conn.lingering:
+                if now >= conn.lingering:
+                    conn.close()
+                continue
             if conn.current is not None or conn.out:
                 continue  # the server's turn: the app or the client's reading holds it
             parser = conn.parser
@@ -524,10 +559,13 @@ class Engine:
 
     def _close_idle(self) -> None:
         for conn in list(self.connections):
-            if conn.idle:
-                conn.close()
-            else:
+            if conn.idle and conn.request_started:
+                conn.close()  # between two keep-alive requests
+            elif not conn.idle:
                 conn.closing = True
+            # A connection that has not sent its first request yet was accepted on our behalf
+            # (its request may be on the wire): it keeps the keep-alive timeout to send it, and
+            # is answered with "Connection: close".
 
     def close(self) -> None:
         for conn in list(self.connections):

@@ -23,7 +23,7 @@ from . import ipc
 from .backoff import Backoff
 from .broker import MAX_WORKER_BACKLOG, Broker
 from .config import Config
-from .control import ControlServer, control_path, execute
+from .control import ControlError, ControlServer, control_path, execute
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
 from .listeners import close_quietly, describe, open_listener, stop_listening
@@ -121,9 +121,13 @@ class Master:
         self.listener = open_listener(config.host, config.port, config.uds,
                                       reuseport=config.balance == "reuseport")
         self.address = describe(self.listener, tls=self.tls is not None)
+        try:
+            self._open_control()  # before the pid file: a failure here leaves nothing behind
+        except ControlError:
+            self._close_listener()
+            raise
         self._write_pid()
         self._install_signals()
-        self._open_control()
         if self._master_accepts:
             self.dispatcher = Dispatcher(self.listener, self.selector, config.balance,
                                          lambda: self._live, self._lost)
@@ -505,6 +509,7 @@ class Master:
                 self._exited(handle, status)
 
     def _exited(self, handle: WorkerHandle, status: int) -> None:
+        self._last_words(handle)
         self._unwatch(handle)
         handle.channel.close()
         close_quietly(handle.handoff)
@@ -544,6 +549,20 @@ class Master:
             self.respawn_at[handle.worker_id] = time.monotonic() + delay
             self._restarts[handle.worker_id] = handle.restarts + 1
 
+    def _last_words(self, handle: WorkerHandle) -> None:
+        """A worker can send its boot failure and exit between our select and our waitpid:
+        read the reason it left in the channel before the channel is closed."""
+        if handle.state != "booting" or handle.boot_error is not None:
+            return
+        try:
+            frames = handle.channel.receive()
+        except ipc.ChannelClosed:
+            return
+        for frame in frames:
+            kind, args = ipc.decode(frame)
+            if kind == ipc.BOOT_FAILED:
+                handle.boot_error = args[0]
+
     def _has_ready_worker(self, worker_id: int) -> bool:
         return any(handle.worker_id == worker_id and handle.state == "ready"
                    for handle in self.workers.values())
@@ -567,7 +586,9 @@ class Master:
         port = self.listener.getsockname()[1] if self.listener.family != socket.AF_UNIX else 0
         path = control_path(explicit=config.control_socket, pid_file=config.pid, uds=config.uds,
                             app_name=self.app_name, host=config.host, port=port)
-        self.control = ControlServer(path, lambda request: execute(request, self))
+        default = not (config.control_socket or config.pid or config.uds)
+        self.control = ControlServer(path, lambda request: execute(request, self),
+                                     private_dir=default)
         self.selector.register(self.control.sock, selectors.EVENT_READ, self._control_accept)
 
     def _control_accept(self, _sock: Any, _mask: int) -> None:
@@ -623,6 +644,14 @@ class Master:
             with open(self.config.pid, "w") as pid_file:
                 pid_file.write(f"{self.pid}\n")
 
+    def _close_listener(self) -> None:
+        close_quietly(self.listener)
+        if self.config.uds and self.listener is not None:
+            try:
+                os.unlink(self.config.uds)
+            except OSError:
+                pass
+
     def _cleanup(self) -> None:
         for handle in self.workers.values():
             self._signal(handle, signal.SIGKILL)
@@ -630,12 +659,7 @@ class Master:
             self.dispatcher.close_waiting()
         if self.control is not None:
             self.control.close()
-        close_quietly(self.listener)
-        if self.config.uds and self.listener is not None:
-            try:
-                os.unlink(self.config.uds)
-            except OSError:
-                pass
+        self._close_listener()
         if self.config.pid:
             try:
                 with open(self.config.pid) as pid_file:

@@ -116,6 +116,42 @@ class _Body:
         return self.buffer
 
 
+class _IgnoredUpgrade:
+    """The body of a request whose ``Upgrade`` we ignore, as RFC 9110 7.8 allows (we never switch
+    protocols). llhttp stops at the end of such a head, so a parser of its own reads the body
+    the head announced; the request is complete, and the connection closes after it."""
+
+    def __init__(self, owner: RequestParser, request: Request,
+                 framing: list[tuple[bytes, bytes]]) -> None:
+        self.owner = owner
+        self.request = request
+        self.body = _Body(owner.limits.spool_threshold, owner.limits.max_body)
+        self.done = False
+        self.parser = httptools.HttpRequestParser(self)
+        fields = b"".join(name + b": " + value + b"\r\n" for name, value in framing)
+        self.parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                              + fields + b"\r\n")
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if not self.done:
+                raise
+            # Bytes after the body: not ours to read, as the connection closes after this request.
+
+    def on_body(self, body: bytes) -> None:
+        self.body.write(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        owner = self.owner
+        self.request.body = self.body.finish()
+        owner.requests.append(self.request)
+        owner.in_progress = False
+        owner.upgraded = True
+
+
 class RequestParser:
     """Feed bytes with :meth:`feed`; complete requests collect in :attr:`requests`.
 
@@ -137,13 +173,22 @@ class RequestParser:
         self._body: _Body | None = None
         self._keep_alive = True
         self._expect_continue = False
+        self._ignored_upgrade: _IgnoredUpgrade | None = None
+        self._messages = 0  # requests begun, to tell one request head from the next
+        self._head_fed = 0  # bytes of whole feeds that went into the current request head
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises :class:`HTTPError` for a request that must be refused."""
+        in_head = self.in_progress and not self.headers_complete
+        messages = self._messages
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.upgraded = True
+            if self._ignored_upgrade is not None:
+                self._ignored_upgrade.feed(data)
+                return
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                self._upgrade(data[exc.args[0]:])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HTTPError):
@@ -153,12 +198,32 @@ class RequestParser:
             raise NotImplementedMethod(str(exc)) from exc
         except httptools.HttpParserError as exc:
             raise BadRequest(str(exc)) from exc
+        if in_head and self.in_progress and not self.headers_complete and messages == self._messages:
+            # httptools buffers a header line until it ends before on_header sees it, so an
+            # endless line would grow without bound (and in quadratic time): count what went in.
+            self._head_fed += len(data)
+            if self._head_fed > self.limits.max_url + self.limits.max_header_bytes + 1024:
+                raise HeadersTooLarge(f"request head larger than {self.limits.max_header_bytes} bytes")
+
+    def _upgrade(self, rest: bytes) -> None:
+        request = self.requests[-1]
+        framing = [(name, value) for name, value in request.headers
+                   if name.lower() in (b"content-length", b"transfer-encoding")]
+        if request.method == b"CONNECT" or not framing:
+            self.upgraded = True  # nothing after the head is HTTP: answer it, then close
+            return
+        self.requests.pop()  # not complete until its body is in
+        self.in_progress = True
+        self._ignored_upgrade = _IgnoredUpgrade(self, request, framing)
+        self._ignored_upgrade.feed(rest)
 
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.in_progress = True
         self.headers_complete = False
+        self._messages += 1
+        self._head_fed = 0
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -174,6 +239,10 @@ class RequestParser:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.limits.max_header_bytes:
             raise HeadersTooLarge(f"headers larger than {self.limits.max_header_bytes} bytes")
+        if self.headers_complete:
+            # A trailer field after a chunked body. RFC 9110 6.5.1: never merged into the header
+            # section (a trailer could otherwise add a second Host or a forged proxy header).
+            return
         if len(self._headers) >= self.limits.max_headers:
             raise HeadersTooLarge(f"more than {self.limits.max_headers} header fields")
         # llhttp drops the whitespace before a field value but keeps what follows it, which

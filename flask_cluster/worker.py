@@ -67,6 +67,7 @@ class Worker:
         self.channel = ipc.MessageChannel(sockets.messages)
         self._signal_r: socket.socket | None = None
         self._retiring = False
+        self._stopping = False
         self._stuck_logged = False
 
     # -- in the child -------------------------------------------------------------------------
@@ -153,15 +154,20 @@ class Worker:
         return engine
 
     def _receive_connections(self) -> None:
+        self._take_connections()
+
+    def _take_connections(self) -> bool:
+        """Take up to a batch of passed connections; True when the batch was full."""
         assert self.engine is not None and self.sockets.handoff is not None
         try:
             connections = ipc.receive_connections(self.sockets.handoff, HANDOFF_BATCH)
         except ipc.ChannelClosed:
             self.engine.remove_reader(self.sockets.handoff)
             self._master_gone()
-            return
+            return False
         for sock in connections:
             self.engine.add_connection(sock)
+        return len(connections) == HANDOFF_BATCH
 
     def _heartbeat(self, now: float) -> None:
         assert self.engine is not None
@@ -173,6 +179,11 @@ class Worker:
                 log.error("worker %s: a request has been running for %.0fs", self.worker_id,
                           now - started)
                 self._stuck_logged = True
+            # Vouch for no more than the stuck request's start, so the master counts --timeout
+            # from there (not another whole --timeout from now).
+            self.scoreboard.set(self.slot, HEARTBEAT_MS,
+                                min(self.scoreboard.get(self.slot, HEARTBEAT_MS),
+                                    int(started * 1000)))
         else:
             self.scoreboard.set(self.slot, HEARTBEAT_MS, now_ms())
         self.scoreboard.set(self.slot, RSS_KIB, resident_kib())
@@ -195,12 +206,16 @@ class Worker:
 
     def _stop(self, graceful_timeout: float) -> None:
         engine = self.engine
-        if engine is None or engine.stopping:
+        if engine is None or engine.stopping or self._stopping:
             return
+        # Once: draining the hand-off channel below can find the master gone, which stops us.
+        self._stopping = True
         sockets = self.sockets
         if sockets.handoff is not None:
-            # Connections the master passed before it took us out of rotation are still ours.
-            self._receive_connections()
+            # Connections the master passed before it took us out of rotation are still ours,
+            # every one of them (not only the first batch).
+            while self._take_connections():
+                pass
             engine.remove_reader(sockets.handoff)
         if sockets.listener is not None:
             engine.remove_listener(sockets.listener)

@@ -230,13 +230,19 @@ class Response:
         if not self.headers_sent:
             held = self.held or b""
             self.held = None
-            self.send_headers(len(held))
+            # A HEAD whose app gave no body says nothing of the length a GET would have.
+            self.send_headers(len(held) if held or not self.head else None)
             if held:
                 self._send_body(held)
         if self.chunked:
             self.sink(b"0\r\n\r\n")
-        elif self.remaining > 0 and not self.head:
+        elif self.remaining > 0 and not self._bodyless():
             self.keep_alive = False  # the app sent less than it declared: the framing is broken
+
+    def _bodyless(self) -> bool:
+        """No body goes out, whatever Content-Length says (it is the length a GET would get)."""
+        code = self.status_code
+        return self.head or code in NO_BODY_STATUS or code < 200
 
     def _send_body(self, data: bytes) -> None:
         if self.head or self.status_code in NO_BODY_STATUS:
@@ -266,7 +272,6 @@ class Response:
         """Send the header block; ``body_length`` is the whole body's size when known."""
         if self.status is None:
             raise ResponseError("the app did not call start_response")
-        self.headers_sent = True
         code = self.status_code
         lines = [f"HTTP/1.1 {self.status}\r\n"]
         has_date = False
@@ -277,7 +282,8 @@ class Response:
                     self.remaining = int(value)
                 except ValueError:
                     raise ResponseError(f"invalid Content-Length {value!r}") from None
-                if body_length is not None and body_length < self.remaining:
+                if body_length is not None and body_length < self.remaining \
+                        and not self._bodyless():
                     self.keep_alive = False  # the body will fall short of what is declared
             elif lower == "date":
                 has_date = True
@@ -306,9 +312,16 @@ class Response:
             lines.append("Connection: keep-alive\r\n")
         lines.append("\r\n")
         block = "".join(lines)
-        if block.count("\n") != len(lines):
-            raise ResponseError("a header name or value contains a line break")
-        self.sink(block.encode("latin-1"))
+        # RFC 9110 5.5: CR, LF and NUL are never valid in a field (a bare CR splits headers for
+        # some recipients). Refused before anything is marked sent, so the engine can answer 500.
+        if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\0" in block:
+            raise ResponseError("the status or a header contains CR, LF or NUL")
+        try:
+            data = block.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise ResponseError(f"a header is not latin-1: {exc}") from None
+        self.headers_sent = True
+        self.sink(data)
 
 
 def error_response(status: int, reason: str, *, keep_alive: bool) -> bytes:
