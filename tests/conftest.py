@@ -8,15 +8,18 @@ exit always stops it: SIGTERM to the master, a bounded wait, then SIGKILL to the
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ START_TIMEOUT = 30.0  # a loaded 2-core machine imports Flask in every worker at
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02,
+def wait_until(predicate: Callable[[], T | None], timeout: float, interval: float = 0.02,
                message: str | Callable[[], str] = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -267,9 +270,28 @@ def cluster_command(app: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "flask", "--app", app, "cluster-run", *args]
 
 
+_runtime_dir: str | None = None
+
+
+def runtime_dir() -> str:
+    """A private ``XDG_RUNTIME_DIR`` for the clusters of this test run, removed at exit.
+
+    The master's control socket goes to ``$XDG_RUNTIME_DIR/flask-cluster/``: this keeps it out of
+    the user's ``/tmp/flask-cluster-<uid>/`` (a SIGKILLed master cannot remove it), in a short
+    path because Unix socket paths are limited to about 100 bytes.
+    """
+    global _runtime_dir
+    if _runtime_dir is None:
+        _runtime_dir = tempfile.mkdtemp(prefix="fc-")
+        atexit.register(shutil.rmtree, _runtime_dir, ignore_errors=True)
+    return _runtime_dir
+
+
 def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a cluster (and of ``cluster-ctl``): ours without Flask's settings."""
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(("FLASK_", "WERKZEUG_"))}
+    env["XDG_RUNTIME_DIR"] = runtime_dir()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
@@ -308,9 +330,10 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
               env: dict[str, str] | None = None, graceful_timeout: float = 5.0) -> ClusterProcess:
         nonlocal count
         count += 1
-        args = ["--workers", str(workers), "--graceful-timeout", str(graceful_timeout), *options]
+        args = ["--workers", str(workers), "--graceful-timeout", str(graceful_timeout)]
         if "--uds" not in options:
             args += ["--host", "127.0.0.1", "--port", "0"]
+        args += options  # after the defaults: click takes the last value of an option
         cluster = stack.enter_context(cluster_process(
             tmp_path / f"cluster-{count}.log", app, *args, env=env,
             graceful_timeout=graceful_timeout))

@@ -51,19 +51,19 @@ def create_app() -> Flask:
     def worker() -> Any:
         return jsonify(identity())
 
-    @app.get("/sleep/<float:seconds>")
-    def sleep(seconds: float) -> Any:
+    @app.get("/sleep/<seconds>")
+    def sleep(seconds: str) -> Any:
         # The tests wait for this line to know the request is in flight, and in which worker.
         print(f"sleep-start worker {cluster.worker_id} pid {os.getpid()}",
               file=sys.stderr, flush=True)
-        time.sleep(seconds)
-        return jsonify(identity(), slept=seconds)
+        time.sleep(float(seconds))
+        return jsonify({**identity(), "slept": float(seconds)})
 
     @app.get("/rendezvous")
     def meet() -> Any:
         # Answers only when four requests are inside this view at the same time.
         rendezvous.wait()
-        return jsonify(identity(), thread=threading.get_ident())
+        return jsonify({**identity(), "thread": threading.get_ident()})
 
     @app.get("/boom")
     def boom() -> Any:

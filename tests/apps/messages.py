@@ -101,19 +101,19 @@ def create_app() -> Flask:
         except GatherIncomplete as exc:
             return _incomplete(exc)
 
-    @app.get("/gather/pid")
-    def gather_pids() -> Any:
+    @app.get("/gather/<topic>")
+    def gather(topic: str) -> Any:
         timeout = float(request.args.get("timeout", "2.0"))
         try:
-            return jsonify(pids=cluster.gather("pid", timeout=timeout), asker=os.getpid())
+            return jsonify(replies=cluster.gather(topic, timeout=timeout), asker=os.getpid())
         except GatherIncomplete as exc:
             return _incomplete(exc)
 
-    @app.get("/sleep/<float:seconds>")
-    def sleep(seconds: float) -> Any:
+    @app.get("/sleep/<seconds>")
+    def sleep(seconds: str) -> Any:
         print(f"sleep-start worker {cluster.worker_id} pid {os.getpid()}",
               file=sys.stderr, flush=True)
-        time.sleep(seconds)
+        time.sleep(float(seconds))
         return jsonify(pid=os.getpid(), worker_id=cluster.worker_id)
 
     @app.get("/unpicklable/<how>")
@@ -121,6 +121,8 @@ def create_app() -> Flask:
         try:
             if how == "gather":
                 cluster.gather("pid", lambda: 1)
+            elif how == "too-big":
+                cluster.broadcast("number", b"x" * (2 * 1024 * 1024))
             else:
                 cluster.broadcast("number", lambda: 1)
         except MessageError as exc:

@@ -1,0 +1,1 @@
+"""Apps for the HTTP hardening integration tests (limits, TLS, proxies, large bodies)."""

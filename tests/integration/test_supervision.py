@@ -1,0 +1,188 @@
+"""Supervision with real processes: respawn after a crash, graceful and hard stops, apps that
+cannot load, and options the command line refuses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import Reply, StartCluster, alive, group_members, wait_until
+
+
+@pytest.mark.parametrize("balance", ["round-robin", "least-busy", "shared", "reuseport"])
+def test_killed_worker_is_replaced_and_no_request_fails(start_cluster: StartCluster,
+                                                        balance: str) -> None:
+    cluster = start_cluster("tests.apps.basic", "--balance", balance, workers=2)
+    victim = cluster.ready_pids[0]
+    # (sent, answered, worker id, pid) of each request, or (sent, error text)
+    results: list[tuple[float, float, int, int] | tuple[float, str]] = []
+    stop = threading.Event()
+
+    def send_continuously() -> None:
+        for _ in range(10_000):  # bounded; stopped much earlier by the event
+            if stop.is_set():
+                return
+            sent = time.monotonic()
+            try:
+                info = cluster.get_json("/worker", timeout=10)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                results.append((sent, f"{type(exc).__name__}: {exc}"))
+            else:
+                results.append((sent, time.monotonic(), info["worker_id"], info["pid"]))
+
+    def answered() -> list[tuple[float, float, int, int]]:
+        return [r for r in list(results) if len(r) == 4]
+
+    with ThreadPoolExecutor(2) as pool:
+        senders = [pool.submit(send_continuously) for _ in range(2)]
+        try:
+            wait_until(lambda: len({r[3] for r in answered()}) == 2, 10,
+                       message="both workers to answer")
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: not alive(victim), 5, message="the killed worker to die")
+            dead_at = time.monotonic()
+            replacement = cluster.wait_ready([0], 10, not_pids=frozenset([victim]))[0]
+            served_at = wait_until(
+                lambda: min((r[1] for r in answered() if r[3] == replacement), default=None),
+                10, message="the new worker 0 to serve a request")
+            count = len(results)
+            wait_until(lambda: len(results) >= count + 20, 10, message="more requests")
+        finally:
+            stop.set()
+            for sender in senders:
+                sender.result()
+
+    # A request the victim was already working on when SIGKILL hit cannot be answered by
+    # anyone; every request sent once it was dead must be.
+    failures = [r for r in results if len(r) == 2 and r[0] >= dead_at]
+    assert failures == []
+    assert served_at - killed_at < 2.0, f"replacement served after {served_at - killed_at:.2f}s"
+    after = [r for r in answered() if r[0] >= dead_at]
+    assert len(after) >= 20
+    assert all(r[3] != victim for r in after)
+    assert {(r[2], r[3]) for r in after} == {(0, replacement), (1, cluster.ready_pids[1])}
+    assert sorted(cluster.worker_pids()) == sorted([replacement, cluster.ready_pids[1]])
+    assert f"worker 0 (pid {victim}) died" in cluster.log()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_graceful_stop_finishes_the_request_in_flight(start_cluster: StartCluster,
+                                                     sig: signal.Signals) -> None:
+    cluster = start_cluster("tests.apps.basic", workers=2)
+    workers = cluster.worker_pids()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(cluster.request, "/sleep/2")
+        wait_until(lambda: "sleep-start" in cluster.log(), 10, message="the slow request")
+        if sig == signal.SIGINT:
+            os.killpg(cluster.pgid, sig)  # Ctrl-C in a terminal reaches the whole group
+        else:
+            os.kill(cluster.master_pid, sig)
+        reply: Reply = slow.result(timeout=15)
+
+    assert reply.status == 200
+    assert reply.json()["slept"] == 2.0
+    assert cluster.wait_exit(15) == 0
+    wait_until(lambda: not group_members(cluster.pgid), 10,
+               message=lambda: f"no process left in the group, still {group_members(cluster.pgid)}")
+    assert not any(alive(pid) for pid in workers)
+
+
+@pytest.mark.parametrize("balance", ["round-robin", "shared", "reuseport"])
+def test_graceful_stop_refuses_new_connections(start_cluster: StartCluster,
+                                               balance: str) -> None:
+    """A client arriving during the graceful stop is refused at once (so it can go to another
+    server), instead of waiting in the kernel's backlog until the cluster exits."""
+    cluster = start_cluster("tests.apps.basic", "--balance", balance, workers=2,
+                            graceful_timeout=10)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(cluster.request, "/sleep/4", timeout=30)
+        wait_until(lambda: "sleep-start" in cluster.log(), 10, message="the slow request")
+        os.kill(cluster.master_pid, signal.SIGTERM)
+        wait_until(lambda: "graceful stop" in cluster.log(), 10, message="the stop to begin")
+
+        def refused() -> bool:
+            try:
+                cluster.request("/", timeout=1.0)
+            except ConnectionRefusedError:
+                return True
+            except OSError:
+                pass  # reset or timed out: the kernel still took the connection
+            return False  # or a worker that had not heard of the stop yet served it
+
+        wait_until(refused, 3.0, interval=0.05, message="new connections to be refused")
+        assert not slow.done(), "refused while the request in flight still runs"
+        assert slow.result(timeout=30).status == 200
+    assert cluster.wait_exit(15) == 0
+
+
+def test_workers_exit_when_the_master_is_killed(start_cluster: StartCluster) -> None:
+    cluster = start_cluster("tests.apps.basic", workers=2)
+    workers = cluster.worker_pids()
+    assert len(workers) == 2
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(cluster.request, "/sleep/2")
+        wait_until(lambda: "sleep-start" in cluster.log(), 10, message="the slow request")
+        os.kill(cluster.master_pid, signal.SIGKILL)
+        assert cluster.wait_exit(10) == -signal.SIGKILL
+        # The orphaned worker finishes what it had started before it exits.
+        assert slow.result(timeout=15).status == 200
+
+    wait_until(lambda: not any(alive(pid) for pid in workers), 10,
+               message=lambda: f"orphaned workers {[p for p in workers if alive(p)]} to exit")
+    assert not group_members(cluster.pgid)
+
+
+def test_app_that_fails_to_import(start_cluster: StartCluster) -> None:
+    started = time.monotonic()
+    cluster = start_cluster("tests.apps.broken_import", workers=2, wait=False)
+
+    code = cluster.wait_exit(10)
+
+    assert time.monotonic() - started < 10
+    assert code != 0
+    log = cluster.log()
+    assert "RuntimeError: broken-import-marker: DATABASE_URL is not set" in log
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("flask-cluster: ") and "broken-import-marker" in last, last
+    wait_until(lambda: not group_members(cluster.pgid), 10, message="no process left")
+
+
+def test_app_that_does_not_exist(start_cluster: StartCluster) -> None:
+    cluster = start_cluster("tests.apps.no_such_module", workers=1, wait=False)
+
+    assert cluster.wait_exit(10) != 0
+    assert "tests.apps.no_such_module" in cluster.log()
+    wait_until(lambda: not group_members(cluster.pgid), 10, message="no process left")
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    (["--workers", "0"], "--workers"),
+    (["--workers", "many"], "--workers"),
+    (["--balance", "bogus"], "--balance"),
+    (["--threads", "0"], "--threads"),
+    (["--port", "70000"], "--port"),
+], ids=["workers-0", "workers-many", "balance-bogus", "threads-0", "port-70000"])
+def test_bad_option_is_a_usage_error(start_cluster: StartCluster, options: list[str],
+                                     named: str) -> None:
+    cluster = start_cluster("tests.apps.basic", *options, workers=1, wait=False)
+
+    assert cluster.wait_exit(15) == 2
+    log = cluster.log()
+    assert "Usage:" in log
+    assert f"Invalid value for '{named}'" in log
+    assert "flask-cluster: serving" not in log
+
+
+def test_port_in_use_is_a_clear_error(start_cluster: StartCluster) -> None:
+    first = start_cluster("tests.apps.basic", workers=1)
+    second = start_cluster("tests.apps.basic", "--port", str(first.port), workers=1, wait=False)
+    assert second.wait_exit(15) != 0
+    assert f"cannot listen on 127.0.0.1:{first.port}" in second.log()
+    assert first.request("/").status == 200
