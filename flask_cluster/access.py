@@ -42,15 +42,18 @@ class AccessLog:
         self.fmt = fmt
         self.pid = os.getpid()
         self.logger = logging.getLogger("flask_cluster.access")
-        self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
+        self.listener: logging.handlers.QueueListener | None = None
+        # The app's own handlers for this logger (from its logging config) are kept and get the
+        # records through the queue; without any, lines go to stderr.
+        outputs = self.logger.handlers or [_stderr_handler()]
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.logger.handlers = [logging.handlers.QueueHandler(records)]
-        output = logging.StreamHandler(sys.stderr)
-        output.setFormatter(logging.Formatter("%(message)s"))
-        self.listener = logging.handlers.QueueListener(records, output)
+        self.logger.propagate = False
+        self.listener = logging.handlers.QueueListener(records, *outputs,
+                                                       respect_handler_level=True)
         self.listener.start()
-        atexit.register(self.listener.stop)
+        atexit.register(self.close)
 
     def write(self, environ: dict[str, Any], response: Response) -> None:
         started = environ.get(STARTED)
@@ -69,4 +72,13 @@ class AccessLog:
         ))
 
     def close(self) -> None:
-        self.listener.stop()
+        """Write what is queued and stop the writer thread (safe to call twice)."""
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+
+
+def _stderr_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler

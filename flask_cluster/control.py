@@ -50,7 +50,10 @@ def execute(request: dict[str, Any], master: Controlled) -> dict[str, Any]:
         count = request.get("count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             return {"ok": False, "error": f"scale needs a whole number of at least 1, not {count!r}"}
-        master.scale(count)
+        try:
+            master.scale(count)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
     elif command == "broadcast":
         topic = request.get("topic")
         if not isinstance(topic, str) or not topic:

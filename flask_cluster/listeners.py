@@ -15,8 +15,10 @@ class ListenError(Exception):
     """The address cannot be listened on; the message says why in one line."""
 
 
-def open_listener(host: str, port: int, uds: str | None, *, reuseport: bool) -> socket.socket:
-    """The master's listening socket: inherited from systemd if there is one, else a new one.
+def open_listener(host: str, port: int, uds: str | None, *,
+                  reuseport: bool) -> tuple[socket.socket, bool]:
+    """The master's listening socket, and whether it was inherited from systemd (which keeps
+    it for the next start: then we must never shut it down, only close our copy).
 
     With ``reuseport`` the master's socket is bound but never listens: it holds the port (and
     resolves port 0) while each worker listens on a socket of its own bound to the same address.
@@ -25,10 +27,10 @@ def open_listener(host: str, port: int, uds: str | None, *, reuseport: bool) -> 
     if inherited:
         if reuseport:
             raise ListenError("--balance reuseport cannot use a socket passed by systemd")
-        return inherited[0]
+        return inherited[0], True
     if uds is not None:
-        return _unix_listener(uds)
-    return _tcp_socket(host, port, reuseport=reuseport, listen=not reuseport)
+        return _unix_listener(uds), False
+    return _tcp_socket(host, port, reuseport=reuseport, listen=not reuseport), False
 
 
 def reuseport_listener(address: tuple[str, int], family: socket.AddressFamily) -> socket.socket:

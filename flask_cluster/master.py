@@ -40,6 +40,9 @@ EXIT_APP_LOAD_ERROR = 3
 EXIT_CRASH_LOOP = 4
 MAX_BOOT_CRASHES = 5  # workers dying before they are ready, in a row, before the master gives up
 KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
+MEMORY_CHECK_INTERVAL = 1.0
+RESPONSIVE_MS = 2500  # a worker's loop beats every second; older than this, it is busy
+BEHIND_GRACE = 1.0  # seconds a worker may stay more than MAX_WORKER_BACKLOG behind
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
@@ -65,6 +68,7 @@ class WorkerHandle:
         self.restarts = 0
         self.over_memory = 0  # consecutive checks above --max-memory
         self.wants_write = False  # registered for EVENT_WRITE: messages wait for the worker
+        self.behind_since: float | None = None  # since when its message backlog is too large
         self.on_event: Callable[[Any, int], None] = lambda _sock, _mask: None
         self.renewing = False  # a successor is on its way
 
@@ -93,6 +97,8 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.signals: deque[int] = deque()
         self.listener: socket.socket | None = None
+        self.inherited = False
+        self._next_memory_check = 0.0
         self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
         self.broker = Broker(self._send_to)
         self._unflushed: set[WorkerHandle] = set()
@@ -110,6 +116,8 @@ class Master:
         self.last_error: str | None = None  # the last reload or boot failure, for status
         self.control: ControlServer | None = None
         self.watcher = SourceWatcher(os.getcwd()) if config.reload else None
+        # Checked here so a bad certificate fails at start with a clear message; each worker
+        # loads its own after the fork, so a rolling reload picks up renewed certificates.
         self.tls = server_context(config.cert, config.key) if config.cert else None
         self._wake_r, self._wake_w = socket.socketpair()
 
@@ -118,8 +126,8 @@ class Master:
     def run(self) -> int:
         set_title(f"flask-cluster master [{self.app_name}]")
         config = self.config
-        self.listener = open_listener(config.host, config.port, config.uds,
-                                      reuseport=config.balance == "reuseport")
+        self.listener, self.inherited = open_listener(config.host, config.port, config.uds,
+                                                      reuseport=config.balance == "reuseport")
         self.address = describe(self.listener, tls=self.tls is not None)
         try:
             self._open_control()  # before the pid file: a failure here leaves nothing behind
@@ -130,7 +138,7 @@ class Master:
         self._install_signals()
         if self._master_accepts:
             self.dispatcher = Dispatcher(self.listener, self.selector, config.balance,
-                                         lambda: self._live, self._lost)
+                                         self._dispatchable, self._lost)
             self.dispatcher.start()
         self.scoreboard.worker_count = self.target
         for worker_id in range(self.target):
@@ -204,7 +212,7 @@ class Master:
             if config.balance == "reuseport" else None,
         )
         worker = Worker(worker_id, slot, config, self.load_app, self.app_name, self.scoreboard,
-                        sockets, self._server_address(), self.pid, self.tls)
+                        sockets, self._server_address(), self.pid)
         pid = os.fork()
         if pid == 0:
             self._become_worker(worker, keep={worker_msg, worker_fd, listener}
@@ -264,6 +272,16 @@ class Master:
         ready.sort(key=lambda handle: handle.worker_id)
         return ready
 
+    def _dispatchable(self) -> list[WorkerHandle]:
+        """Who gets the next connection: ready workers whose loop answered lately. A worker
+        busy in a long view (or hung, until --timeout catches it) is skipped while others
+        are responsive; if none is, every ready worker stays a candidate."""
+        live = self._live
+        fresh_after = now_ms() - RESPONSIVE_MS
+        responsive = [handle for handle in live
+                      if self.scoreboard.get(handle.slot, HEARTBEAT_MS) >= fresh_after]
+        return responsive or live
+
     def _on_channel(self, handle: WorkerHandle) -> Callable[[Any, int], None]:
         def on_event(_sock: Any, mask: int) -> None:
             if mask & selectors.EVENT_WRITE:
@@ -288,11 +306,12 @@ class Master:
             elif kind == ipc.RETIRE:
                 log.info("%s served its --max-requests: replacing it", handle)
                 self._renew(handle)
-            elif handle.state == "ready":
+            else:  # booting (start hooks) and retiring workers may send and ask too
                 self.broker.receive(handle, kind, args, self._live)
 
     def _ready(self, handle: WorkerHandle) -> None:
         handle.state = "ready"
+        self.scoreboard.set(handle.slot, HEARTBEAT_MS, now_ms())  # --timeout counts from now
         self.boot_crashes = 0
         log.info("%s ready", handle)
         self._retire_older(handle)
@@ -304,11 +323,6 @@ class Master:
         handle: WorkerHandle = peer
         channel = handle.channel
         channel.queue(frame)
-        if channel.pending > MAX_WORKER_BACKLOG:
-            log.error("%s is %d bytes behind on messages: treating it as stuck and replacing it",
-                      handle, channel.pending)
-            self._replace(handle)
-            return
         self._unflushed.add(handle)  # written once per loop pass, not once per message
 
     def _flush_channels(self) -> None:
@@ -322,6 +336,7 @@ class Master:
         except ipc.ChannelClosed:
             self._unwatch(handle)
             return
+        self._check_backlog(handle)
         if handle.wants_write == done:  # changed: tell the selector
             handle.wants_write = not done
             events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
@@ -329,6 +344,25 @@ class Master:
                 self.selector.modify(handle.channel.sock, events, handle.on_event)
             except (KeyError, ValueError):
                 pass
+
+    def _check_backlog(self, handle: WorkerHandle) -> None:
+        """A worker that stays more than MAX_WORKER_BACKLOG bytes behind on messages is stuck.
+
+        One large message (a big gather answer) may exceed the bound for a moment; only a
+        backlog that lasts, or grows far beyond the bound, gets the worker replaced.
+        """
+        pending = handle.channel.pending
+        if pending <= MAX_WORKER_BACKLOG:
+            handle.behind_since = None
+            return
+        now = time.monotonic()
+        if handle.behind_since is None:
+            handle.behind_since = now
+        if pending > 4 * MAX_WORKER_BACKLOG or now - handle.behind_since > BEHIND_GRACE:
+            log.error("%s is %d bytes behind on messages: treating it as stuck and replacing it",
+                      handle, pending)
+            handle.behind_since = None
+            self._replace(handle)
 
     def _unwatch(self, handle: WorkerHandle) -> None:
         self._unflushed.discard(handle)
@@ -373,10 +407,12 @@ class Master:
                 self.stop(graceful=False)
             elif signum == signal.SIGHUP:
                 self.reload()
-            elif signum == signal.SIGTTIN:
-                self.scale(self.target + 1)
-            elif signum == signal.SIGTTOU:
-                self.scale(self.target - 1)
+            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+                count = self.target + (1 if signum == signal.SIGTTIN else -1)
+                try:
+                    self.scale(count)
+                except ValueError as exc:
+                    log.warning("%s ignored: %s", signal.Signals(signum).name, exc)
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -391,7 +427,8 @@ class Master:
             self.dispatcher.stop()
         # New clients are refused from now on instead of waiting in the backlog until we exit
         # (shared: for the workers' copies too; they stop accepting when they get SIGTERM).
-        stop_listening(self.listener)
+        if not self.inherited:  # systemd keeps its socket listening for the next start
+            stop_listening(self.listener)
         grace = self.config.graceful_timeout if graceful else 0.0
         self.stop_deadline = time.monotonic() + grace + KILL_GRACE
         self._kill_all(signal.SIGTERM if graceful else signal.SIGQUIT)
@@ -412,7 +449,8 @@ class Master:
             if worker_id >= self.target:
                 self.reload_queue.popleft()
                 continue
-            self._spawn(worker_id)
+            previous = [h.restarts for h in self.workers.values() if h.worker_id == worker_id]
+            self._spawn(worker_id).restarts = max(previous, default=0)
             return
         log.info("reload complete")
 
@@ -430,10 +468,17 @@ class Master:
         handle.renewing = True
         self._spawn(handle.worker_id).restarts = handle.restarts
 
+    @property
+    def max_workers(self) -> int:
+        """Half the scoreboard: the other half is room for successors during renewals."""
+        return self.scoreboard.slots // 2
+
     def scale(self, count: int) -> None:
+        """Run ``count`` workers; raises ValueError outside ``1 .. max_workers``."""
         if self.stopping:
             return
-        count = max(1, count)
+        if not 1 <= count <= self.max_workers:
+            raise ValueError(f"scale to between 1 and {self.max_workers} workers, not {count}")
         if count == self.target:
             return
         log.info("scaling from %d to %d workers", self.target, count)
@@ -476,15 +521,14 @@ class Master:
 
     def _check_workers(self, now: float) -> None:
         silent_ms = now_ms() - int(self.config.timeout * 1000)
-        limit_kib = self.config.max_memory * 1024
+        check_memory = self.config.max_memory and now >= self._next_memory_check
+        if check_memory:
+            self._next_memory_check = now + MEMORY_CHECK_INTERVAL
         for handle in list(self.workers.values()):
-            if limit_kib and handle.state == "ready" and not handle.renewing:
-                rss = self.scoreboard.get(handle.slot, RSS_KIB)
-                handle.over_memory = handle.over_memory + 1 if rss > limit_kib else 0
-                if handle.over_memory >= 2:
-                    log.warning("%s uses %d MiB, above --max-memory %d: replacing it",
-                                handle, rss // 1024, self.config.max_memory)
-                    self._renew(handle)
+            if check_memory:
+                self._check_memory(handle)
+            if handle.behind_since is not None:
+                self._check_backlog(handle)
             if handle.kill_at is not None and now >= handle.kill_at:
                 log.warning("%s did not stop in time: SIGKILL", handle)
                 self._signal(handle, signal.SIGKILL)
@@ -493,6 +537,25 @@ class Master:
                     self.scoreboard.get(handle.slot, HEARTBEAT_MS) < silent_ms:
                 log.error("%s silent for more than %gs: replacing it", handle, self.config.timeout)
                 self._replace(handle)
+            elif handle.state == "booting" and handle.kill_at is None \
+                    and now - handle.started > self.config.timeout:
+                # As gunicorn does, booting counts against --timeout: a worker stuck importing
+                # the app is stopped, and its exit is handled as a crash before ready.
+                log.error("%s did not boot within %gs: stopping it", handle, self.config.timeout)
+                self._signal(handle, signal.SIGTERM)
+                handle.kill_at = now + KILL_GRACE
+
+    def _check_memory(self, handle: WorkerHandle) -> None:
+        """--max-memory: renew a worker above the limit at two checks a second apart."""
+        if handle.state != "ready" or handle.renewing:
+            return
+        rss = self.scoreboard.get(handle.slot, RSS_KIB)
+        limit_kib = self.config.max_memory * 1024
+        handle.over_memory = handle.over_memory + 1 if rss > limit_kib else 0
+        if handle.over_memory >= 2:
+            log.warning("%s uses %d MiB, above --max-memory %d: replacing it",
+                        handle, rss // 1024, self.config.max_memory)
+            self._renew(handle)
 
     # -- reaping ------------------------------------------------------------------------------
 
@@ -519,25 +582,19 @@ class Master:
         if self.stopping or handle.state == "retiring":
             log.info("%s exited (%s)", handle, how)
             return
-        if handle.state == "booting" and os.WIFEXITED(status) \
-                and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR:
-            reason = handle.boot_error or "see the worker's traceback above"
-            failure = f"worker {handle.worker_id} failed to boot: {reason}"
-            if not self._live:
+        if handle.state == "booting":
+            boot_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_ERROR
+            if boot_error:
+                reason = handle.boot_error or "see the worker's traceback above"
+                failure = f"worker {handle.worker_id} failed to boot: {reason}"
+            else:
+                failure = f"worker {handle.worker_id} died before it was ready ({how})"
+            if self._live:
+                self._boot_failed_while_serving(handle, failure, lived)
+                return
+            if boot_error:
                 self._fail(EXIT_APP_LOAD_ERROR, failure)
                 return
-            # A reload, replacement or new worker whose code does not load: the running workers
-            # keep serving; the reason is logged and shown by cluster-ctl status.
-            self.last_error = failure
-            log.error("%s; the running workers keep serving", failure)
-            self.reload_queue.clear()
-            for old in self.workers.values():
-                old.renewing = False
-            if not self._has_ready_worker(handle.worker_id) and handle.worker_id < self.target:
-                delay = self.backoff.delay(handle.worker_id, lived)
-                self.respawn_at[handle.worker_id] = time.monotonic() + delay
-            return
-        if handle.state == "booting":
             self.boot_crashes += 1
             if self.boot_crashes >= MAX_BOOT_CRASHES:
                 self._fail(EXIT_CRASH_LOOP, f"workers keep dying before they are ready (last: "
@@ -548,6 +605,18 @@ class Master:
             log.error("%s died after %.1fs (%s); respawning in %.1fs", handle, lived, how, delay)
             self.respawn_at[handle.worker_id] = time.monotonic() + delay
             self._restarts[handle.worker_id] = handle.restarts + 1
+
+    def _boot_failed_while_serving(self, handle: WorkerHandle, failure: str, lived: float) -> None:
+        """A reload, replacement or new worker whose code does not come up: the running workers
+        keep serving; the reason is logged and shown by ``cluster-ctl status``."""
+        self.last_error = failure
+        log.error("%s; the running workers keep serving", failure)
+        self.reload_queue.clear()
+        for old in self.workers.values():
+            old.renewing = False
+        if not self._has_ready_worker(handle.worker_id) and handle.worker_id < self.target:
+            delay = self.backoff.delay(handle.worker_id, lived)
+            self.respawn_at[handle.worker_id] = time.monotonic() + delay
 
     def _last_words(self, handle: WorkerHandle) -> None:
         """A worker can send its boot failure and exit between our select and our waitpid:
@@ -646,7 +715,7 @@ class Master:
 
     def _close_listener(self) -> None:
         close_quietly(self.listener)
-        if self.config.uds and self.listener is not None:
+        if self.config.uds and self.listener is not None and not self.inherited:
             try:
                 os.unlink(self.config.uds)
             except OSError:

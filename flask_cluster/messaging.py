@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import ipc, runtime
+from .extension import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -151,11 +152,16 @@ class WorkerMessenger:
 
     def _reply(self, gather_id: int, ok: bool, value: Any) -> None:
         status = runtime.OK if ok else runtime.ERROR
+        limit = int(self.app.config.get("CLUSTER_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES))
         try:
             data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             status = runtime.ERROR
             data = pickle.dumps(f"reply cannot be pickled: {exc}")
+        if len(data) > limit:
+            status = runtime.ERROR
+            data = pickle.dumps(f"reply of {len(data)} bytes is over the {limit} byte limit "
+                                "(CLUSTER_MAX_MESSAGE_BYTES)")
         self._send(ipc.encode(ipc.REPLY, gather_id, status, data))
 
 

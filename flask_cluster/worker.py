@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import socket
-import ssl
 import sys
 import traceback
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from .messaging import WorkerMessenger
 from .proctitle import set_title
 from .protocol import Limits
 from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
+from .tls import server_context
 from .wsgi import base_environ, parse_trusted
 
 log = logging.getLogger("flask_cluster.worker")
@@ -51,8 +51,7 @@ class WorkerSockets:
 class Worker:
     def __init__(self, worker_id: int, slot: int, config: Config, load_app: Callable[[], Any],
                  app_name: str, scoreboard: Scoreboard, sockets: WorkerSockets,
-                 server_address: tuple[str, str], master_pid: int,
-                 tls: ssl.SSLContext | None) -> None:
+                 server_address: tuple[str, str], master_pid: int) -> None:
         self.worker_id = worker_id
         self.slot = slot
         self.config = config
@@ -62,7 +61,6 @@ class Worker:
         self.sockets = sockets
         self.server_address = server_address
         self.master_pid = master_pid
-        self.tls = tls
         self.engine: Engine | None = None
         self.channel = ipc.MessageChannel(sockets.messages)
         self._signal_r: socket.socket | None = None
@@ -125,17 +123,18 @@ class Worker:
                 self._retire()
 
         server_name, server_port = self.server_address
+        tls = server_context(config.cert, config.key) if config.cert else None
         limits = Limits(max_url=config.limit_request_line,
                         max_header_bytes=config.limit_request_header_bytes,
                         max_headers=config.limit_request_fields, max_body=config.max_body)
         engine = Engine(
             app, threads=config.threads, keep_alive=config.keep_alive, limits=limits,
             base_environ=base_environ(server_name, server_port,
-                                      scheme="https" if self.tls else "http",
+                                      scheme="https" if tls else "http",
                                       multithread=config.threads > 1),
             access_log=AccessLog(config.access_log_format) if config.access_log else None,
             on_request=on_request,
-            tls=self.tls,
+            tls=tls,
             header_timeout=config.header_timeout,
             max_connections=config.max_connections,
             trusted_proxies=parse_trusted(config.forwarded_allow_ips),
@@ -259,7 +258,7 @@ class Worker:
                 self._stop(self.config.graceful_timeout)
 
     def _boot_failed(self, exc: BaseException) -> int:
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        reason = one_line_reason(exc)
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         try:
             self.channel.send_now(ipc.encode(ipc.BOOT_FAILED, reason), timeout=2.0)
@@ -281,3 +280,15 @@ def resident_kib() -> int:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak // 1024 if sys.platform == "darwin" else peak
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """What failed, in one line for the master's exit message (the traceback is logged)."""
+    name = type(exc).__qualname__
+    if isinstance(exc, SyntaxError):
+        return f"{name}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    text = " ".join(str(exc).split())
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, SyntaxError) and "SyntaxError" not in text:
+        text += f" ({one_line_reason(cause)})"
+    return f"{name}: {text}"[:500]

@@ -1,0 +1,1 @@
+"""Apps for the operations integration tests (reload, scale, hung and leaking workers, control)."""
