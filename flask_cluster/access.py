@@ -46,6 +46,7 @@ class AccessLog:
         self.listener: logging.handlers.QueueListener | None = None
         # The app's own handlers for this logger (from its logging config) are kept and get the
         # records through the queue; without any, lines go to stderr.
+        self._replaced = (self.logger.handlers, self.logger.propagate)  # put back by close()
         outputs = self.logger.handlers or [_stderr_handler()]
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.logger.handlers = [logging.handlers.QueueHandler(records)]
@@ -76,6 +77,9 @@ class AccessLog:
         if self.listener is not None:
             self.listener.stop()
             self.listener = None
+            # Hand the logger back as we found it: another AccessLog in this process (a second
+            # engine, a test) must not take our stopped queue for its output.
+            self.logger.handlers, self.logger.propagate = self._replaced
 
 
 def _stderr_handler() -> logging.Handler:

@@ -45,14 +45,21 @@ class RoundRobin:
 
 
 class LeastBusy:
-    """The ready worker with the fewest requests in flight; ties go round-robin."""
+    """The ready worker with the fewest requests in flight; ties go round-robin among the tied
+    (the next worker id after the last one chosen), so each gets its share."""
 
     def __init__(self) -> None:
-        self._turns = RoundRobin()
+        self._last = -1  # worker id of the last first choice
 
     def order(self, ready: Sequence[Target]) -> list[Target]:
-        rotated = self._turns.order(ready)
-        return sorted(rotated, key=lambda target: target.in_flight)  # stable: keeps the turn
+        if not ready:
+            return []
+        span = max(target.worker_id for target in ready) + 1
+        last = self._last
+        ranked = sorted(ready, key=lambda target: (target.in_flight,
+                                                   (target.worker_id - last - 1) % span))
+        self._last = ranked[0].worker_id
+        return ranked
 
 
 def chooser(balance: str) -> RoundRobin | LeastBusy:
@@ -74,6 +81,11 @@ def hand_off(conn: socket.socket, candidates: list[Target],
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
 ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# One client's trouble, not ours: it reset before we took it, or its network failed. Linux's
+# accept(2): "treat them like EAGAIN by retrying".
+ACCEPT_SKIP_ERRORS = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+    "EOPNOTSUPP", "ENETUNREACH", "EPERM") if hasattr(errno, name))
 
 
 class Dispatcher:
@@ -123,6 +135,9 @@ class Dispatcher:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                if exc.errno in ACCEPT_SKIP_ERRORS:
+                    log.debug("accept failed for one connection: %s", exc)
+                    continue
                 if exc.errno not in ACCEPT_PAUSE_ERRORS:
                     raise
                 log.warning("accept failed: %s; retrying shortly", exc)

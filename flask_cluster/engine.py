@@ -269,6 +269,7 @@ class Engine:
         elif isinstance(current, InlineExchange):
             conn.current = None
             self._close_iterable(current.app_iter)
+            current.request.body.close()
             self.on_request(-1)
 
     # -- requests ---------------------------------------------------------------------------
@@ -401,6 +402,7 @@ class Engine:
     def _finish(self, conn: Connection, response: Response, request: Request,
                 environ: dict[str, Any]) -> None:
         self.on_request(-1)
+        request.body.close()  # a body past the spool threshold is a temporary file: free it now
         if not response.keep_alive or not request.keep_alive:
             conn.closing = True
             conn.parser.requests.clear()  # pipelined requests after a close are not answered
@@ -487,6 +489,7 @@ class Engine:
         self.busy.discard(exchange)
         if exchange.file is not None or "flask_cluster.file_iter" in exchange.environ:
             self._close_iterable(exchange.environ.pop("flask_cluster.file_iter", ()))
+        exchange.request.body.close()  # the app is done with it
         self.on_request(-1)
 
     def oldest_busy(self) -> float | None:
@@ -561,6 +564,11 @@ class Engine:
         for conn in list(self.connections):
             if conn.idle and conn.request_started:
                 conn.close()  # between two keep-alive requests
+            elif conn.current is None and not conn.parser.requests and not conn.out:
+                # A request still arriving: let it come (closing now would drop its bytes and
+                # leave the client waiting until the deadline); serve() answers it with
+                # "Connection: close" as we are stopping.
+                continue
             elif not conn.idle:
                 conn.closing = True
             # A connection that has not sent its first request yet was accepted on our behalf
@@ -574,13 +582,16 @@ class Engine:
             self.access_log.close()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+            self._wake_r.close()
+            self._wake_w.close()
         self.selector.close()
 
 
 def file_to_send(response: Response, app_iter: Iterable[bytes]) -> tuple[int, int, int] | None:
     """For a ``wsgi.file_wrapper`` around a regular file: send the headers now and return
-    ``(fd, offset, count)`` for ``os.sendfile``; ``None`` to iterate the body instead."""
-    if type(app_iter) is not FileWrapper or response.head:
+    ``(fd, offset, count)`` for ``os.sendfile``; ``None`` to iterate the body instead. For HEAD
+    the count is 0: the length a GET would get is announced, and nothing is read."""
+    if type(app_iter) is not FileWrapper:
         return None
     fileno = getattr(app_iter.filelike, "fileno", None)
     if fileno is None:
@@ -598,5 +609,7 @@ def file_to_send(response: Response, app_iter: Iterable[bytes]) -> tuple[int, in
     if declared is not None:
         count = min(count, declared)
     response.send_headers(count)
+    if response.head:
+        return fd, offset, 0
     response.body_bytes = count
     return fd, offset, count

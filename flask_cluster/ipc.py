@@ -102,7 +102,9 @@ class MessageChannel:
         self._out.clear()
 
     def receive(self) -> list[bytes]:
-        """Every complete frame readable now; raises :class:`ChannelClosed` at end of stream."""
+        """Every complete frame readable now; raises :class:`ChannelClosed` at end of stream,
+        once the frames that came before it have been returned."""
+        ended = False
         while True:
             try:
                 data = self.sock.recv(RECV_CHUNK)
@@ -111,7 +113,8 @@ class MessageChannel:
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from exc
             if not data:
-                raise ChannelClosed("end of stream")
+                ended = True  # the peer's last words may be in what we read: return them first
+                break
             self._in += data
             if len(data) < RECV_CHUNK:
                 break
@@ -126,6 +129,8 @@ class MessageChannel:
             frames.append(bytes(view[start + FRAME_HEADER.size:end]))
             start = end
         del self._in[:start]
+        if ended and not frames:
+            raise ChannelClosed("end of stream")
         return frames
 
     def close(self) -> None:
@@ -153,8 +158,12 @@ def receive_connections(channel: socket.socket, limit: int) -> list[socket.socke
         except BlockingIOError:
             break
         except OSError as exc:
+            if connections:
+                break  # these are ours to serve; the next call reports the master gone
             raise ChannelClosed(str(exc)) from exc
         if not data and not fds:
+            if connections:
+                break  # these are ours to serve; the next call reports the master gone
             raise ChannelClosed("end of stream")
         connections.extend(socket.socket(fileno=fd) for fd in fds)
     return connections
