@@ -1,0 +1,297 @@
+"""Which worker gets the next connection (pure choice), the hand-off, and the master's accept
+loop, with workers played by socket pairs instead of processes."""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from flask_cluster import dispatch, ipc
+from flask_cluster.dispatch import Dispatcher, LeastBusy, RoundRobin, chooser, hand_off
+
+
+@dataclass(eq=False)
+class Worker:
+    """A worker as the dispatcher sees it; ``end`` is the worker's side of its hand-off pair."""
+
+    worker_id: int
+    in_flight: int = 0
+    handoff: socket.socket | None = None
+    end: socket.socket | None = None
+    received: list[socket.socket] = field(default_factory=list)
+
+    def receive(self) -> list[socket.socket]:
+        assert self.end is not None
+        got = ipc.receive_connections(self.end, 64)
+        self.received += got
+        return got
+
+    def close(self) -> None:
+        for sock in (self.handoff, self.end, *self.received):
+            if sock is not None:
+                sock.close()
+
+
+def ids(workers: list[Worker]) -> list[int]:
+    return [worker.worker_id for worker in workers]
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    made = []
+    for worker_id in range(3):
+        master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        master_end.setblocking(False)
+        worker_end.setblocking(False)
+        made.append(Worker(worker_id, handoff=master_end, end=worker_end))
+    yield made
+    for worker in made:
+        worker.close()
+
+
+# -- the choice -----------------------------------------------------------------------------------
+
+
+def test_round_robin_rotates() -> None:
+    ready = [Worker(0), Worker(1), Worker(2)]
+    turns = RoundRobin()
+
+    orders = [ids(turns.order(ready)) for _ in range(4)]
+
+    assert orders == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+
+
+def test_round_robin_is_even_over_many_connections() -> None:
+    ready = [Worker(i) for i in range(4)]
+    turns = RoundRobin()
+
+    firsts = Counter(turns.order(ready)[0].worker_id for _ in range(400))
+
+    assert firsts == {0: 100, 1: 100, 2: 100, 3: 100}
+
+
+def test_round_robin_survives_workers_coming_and_going() -> None:
+    turns = RoundRobin()
+    assert turns.order([]) == []
+    three = [Worker(0), Worker(1), Worker(2)]
+    for _ in range(5):
+        turns.order(three)
+
+    two = [three[0], three[2]]
+    order = turns.order(two)
+
+    assert sorted(ids(order)) == [0, 2]  # every ready worker, each once
+    assert ids(turns.order(two)) != ids(order)  # and the turn still moves on
+
+
+def test_least_busy_picks_the_fewest_in_flight() -> None:
+    ready = [Worker(0, in_flight=5), Worker(1, in_flight=1), Worker(2, in_flight=3)]
+
+    assert ids(LeastBusy().order(ready)) == [1, 2, 0]
+
+
+def test_least_busy_ties_rotate() -> None:
+    ready = [Worker(0), Worker(1), Worker(2)]
+    busy = LeastBusy()
+
+    assert [busy.order(ready)[0].worker_id for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_least_busy_ties_share_evenly_beside_a_busy_worker() -> None:
+    ready = [Worker(0), Worker(1), Worker(2), Worker(3, in_flight=5)]
+    busy = LeastBusy()
+
+    firsts = Counter(busy.order(ready)[0].worker_id for _ in range(300))
+
+    assert firsts == {0: 100, 1: 100, 2: 100}
+
+
+def test_chooser_by_balance_mode() -> None:
+    assert isinstance(chooser("least-busy"), LeastBusy)
+    assert isinstance(chooser("round-robin"), RoundRobin)
+
+
+# -- the hand-off ---------------------------------------------------------------------------------
+
+
+def test_hand_off_passes_a_working_connection(workers: list[Worker]) -> None:
+    client, server_side = socket.socketpair()
+    with client, server_side:
+        assert hand_off(server_side, [workers[1], workers[0]], on_gone=pytest.fail)
+
+        [passed] = workers[1].receive()
+        assert workers[0].receive() == []
+        client.sendall(b"ping")
+        passed.settimeout(5)
+        assert passed.recv(4) == b"ping"  # the worker holds the same connection
+
+
+def test_hand_off_skips_a_full_worker_and_a_dead_one(monkeypatch: pytest.MonkeyPatch,
+                                                     workers: list[Worker]) -> None:
+    full, dead, free = workers
+    tried: list[int] = []
+
+    def send_connection(channel: socket.socket, fd: int) -> bool:
+        target = next(worker for worker in workers if worker.handoff is channel)
+        tried.append(target.worker_id)
+        if target is dead:
+            raise ipc.ChannelClosed("gone")
+        return target is free  # the full one's queue is full: False, try the next
+
+    monkeypatch.setattr(dispatch.ipc, "send_connection", send_connection)
+    gone: list[Worker] = []
+    client, server_side = socket.socketpair()
+    with client, server_side:
+        assert hand_off(server_side, [full, dead, free], on_gone=gone.append)
+
+    assert tried == [0, 1, 2]
+    assert gone == [dead]
+
+
+def test_hand_off_fails_when_nobody_can_take_it(workers: list[Worker]) -> None:
+    gone: list[Worker] = []
+    for worker in workers:
+        assert worker.end is not None
+        worker.end.close()  # every worker died
+    client, server_side = socket.socketpair()
+    with client, server_side:
+        assert not hand_off(server_side, list(workers), on_gone=gone.append)
+
+    assert gone == workers
+
+
+# -- the master's accept loop ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def run_once(selector: selectors.BaseSelector, timeout: float = 2.0) -> None:
+    for key, mask in selector.select(timeout):
+        key.data(key.fileobj, mask)
+
+
+def test_dispatcher_hands_connections_out_in_turn(listener: socket.socket,
+                                                  workers: list[Worker]) -> None:
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: workers, pytest.fail)
+        dispatcher.start()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(4)]
+        try:
+            received: list[int] = []
+            while len(received) < 4:
+                run_once(selector)
+                for worker in workers:
+                    received += [worker.worker_id] * len(worker.receive())
+
+            assert received.count(0) == 2 and received.count(1) == 1 and received.count(2) == 1
+            assert not dispatcher.waiting
+            assert not dispatcher.paused
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_dispatcher_holds_a_connection_until_a_worker_is_ready(listener: socket.socket,
+                                                               workers: list[Worker]) -> None:
+    live: list[Worker] = []  # no worker ready yet
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "least-busy", lambda: live, pytest.fail)
+        dispatcher.start()
+        with socket.create_connection(listener.getsockname()) as client:
+            run_once(selector)
+            assert len(dispatcher.waiting) == 1
+            assert dispatcher.paused  # the listener is left to the kernel's backlog
+            assert listener not in [key.fileobj for key in selector.get_map().values()]
+
+            live.append(workers[2])
+            dispatcher.retry()
+
+            assert not dispatcher.waiting
+            assert not dispatcher.paused
+            [passed] = workers[2].receive()
+            client.sendall(b"hi")
+            passed.settimeout(5)
+            assert passed.recv(2) == b"hi"
+
+
+def test_dispatcher_reports_a_dead_worker_and_uses_another(listener: socket.socket,
+                                                           workers: list[Worker]) -> None:
+    dead, alive = workers[0], workers[1]
+    assert dead.end is not None
+    dead.end.close()
+    live = [dead, alive]
+    gone: list[Worker] = []
+
+    def lost(worker: Worker) -> None:
+        gone.append(worker)
+        live.remove(worker)
+
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: live, lost)  # type: ignore[arg-type]
+        dispatcher.start()
+        with socket.create_connection(listener.getsockname()):
+            run_once(selector)
+
+            assert gone == [dead]
+            assert len(alive.receive()) == 1
+
+
+def test_dispatcher_stop_closes_what_no_worker_took(listener: socket.socket) -> None:
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [], pytest.fail)
+        dispatcher.start()
+        with socket.create_connection(listener.getsockname()) as client:
+            run_once(selector)
+            assert len(dispatcher.waiting) == 1
+
+            dispatcher.stop()
+
+            assert not dispatcher.waiting
+            assert not dispatcher.paused  # stopped, not paused: nothing to retry
+            client.settimeout(5)
+            assert client.recv(1) == b""  # the client sees the close
+
+
+class FailingListener:
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    def accept(self) -> tuple[socket.socket, object]:
+        raise self.error
+
+
+def test_accept_running_out_of_descriptors_pauses(listener: socket.socket) -> None:
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [], pytest.fail)
+        dispatcher.start()
+
+        dispatcher.on_readable(FailingListener(OSError(errno.EMFILE, "Too many open files")), 0)
+
+        assert dispatcher.paused  # the master's loop retries shortly
+        dispatcher.retry()
+        assert not dispatcher.paused
+
+
+@pytest.mark.parametrize("error", [ConnectionAbortedError(errno.ECONNABORTED, "aborted"),
+                                   OSError(errno.EPROTO, "protocol error")],
+                         ids=["ECONNABORTED", "EPROTO"])
+def test_accept_error_of_one_client_is_not_fatal(listener: socket.socket, error: OSError) -> None:
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [], pytest.fail)
+        dispatcher.start()
+
+        dispatcher.on_readable(FailingListener(error), 0)
+
+        assert not dispatcher.stopped
