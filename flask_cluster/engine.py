@@ -503,26 +503,29 @@ class Engine:
     def run(self) -> None:
         """Serve until :meth:`begin_stop` was called and every connection is done (or the
         graceful deadline passed)."""
-        select = self.selector.select
         next_tick = time.monotonic() + TICK
         while True:
-            for key, mask in select(TICK):
-                target = key.data
-                if isinstance(target, Connection):
-                    if mask & selectors.EVENT_READ:
-                        target.on_readable()
-                    if mask & selectors.EVENT_WRITE and not target.closed:
-                        target.on_writable()
-                else:
-                    target()
-            for callback in self.idle_callbacks:
-                callback()
+            self.run_once(TICK)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK
                 self._housekeeping(now)
             if self.stopping and (not self.connections or now >= self.deadline):
                 break
+
+    def run_once(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for events and handle them: one pass of the loop."""
+        for key, mask in self.selector.select(timeout):
+            target = key.data
+            if isinstance(target, Connection):
+                if mask & selectors.EVENT_READ:
+                    target.on_readable()
+                if mask & selectors.EVENT_WRITE and not target.closed:
+                    target.on_writable()
+            else:
+                target()
+        for callback in self.idle_callbacks:
+            callback()
 
     def _housekeeping(self, now: float) -> None:
         for callback in self.tick_callbacks:

@@ -147,6 +147,23 @@ def read_reply(conn: http.client.HTTPConnection, method: str, path: str, *,
     return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
 
 
+def read_until_close(sock: socket.socket) -> tuple[bytes, str]:
+    """Everything the server sends, and how it ended: ``"close"`` (recv returned b""),
+    ``"reset"`` or ``"timeout"`` (the server kept the connection open)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, "reset"
+        except TimeoutError:
+            return data, "timeout"
+        if not chunk:
+            return data, "close"
+        data += chunk
+
+
+
 # -- the cluster ---------------------------------------------------------------------------------
 
 

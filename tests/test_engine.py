@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import select
-import selectors
 import socket
 import struct
 import threading
@@ -1170,19 +1169,6 @@ def test_close_releases_its_fds(threads: int) -> None:
 # -- a lost wake-up, stepped by hand ------------------------------------------------------------
 
 
-def _step(engine: Engine, timeout: float) -> None:
-    """One pass of :meth:`Engine.run`'s dispatch, on the test thread."""
-    for key, mask in engine.selector.select(timeout):
-        target = key.data
-        if isinstance(target, Connection):
-            if mask & selectors.EVENT_READ:
-                target.on_readable()
-            if mask & selectors.EVENT_WRITE and not target.closed:
-                target.on_writable()
-        else:
-            target()
-
-
 def _drain(sock: socket.socket, into: bytearray, quiet: float = 0.05) -> None:
     """Read until nothing arrives for ``quiet`` seconds: the sender's kernel queue is empty."""
     while select.select([sock], [], [], quiet)[0]:
@@ -1221,7 +1207,7 @@ def test_paused_response_resumes_when_a_flush_drains_everything(state: AppState)
         last_progress = time.monotonic()
         while not received.endswith(b"\r\n0\r\n\r\n") and time.monotonic() - last_progress < 1.0:
             before = len(received)
-            _step(engine, 0.01)
+            engine.run_once(0.01)
             _drain(client, received, quiet=0.001)
             if len(received) > before:
                 last_progress = time.monotonic()

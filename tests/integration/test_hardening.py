@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import ClusterProcess, StartCluster, cluster_process, read_reply, wait_until
+from tests.conftest import (
+    ClusterProcess,
+    StartCluster,
+    cluster_process,
+    read_reply,
+    read_until_close,
+    wait_until,
+)
 
 APP = "tests.hardening_apps.probe"
 HEADER_TIMEOUT = 2.0
@@ -68,22 +75,6 @@ def parse_responses(data: bytes) -> list[RawResponse]:
         responses.append(RawResponse(int(match[1]), headers, rest[:length]))
         data = rest[length:]
     return responses
-
-
-def read_until_close(sock: socket.socket) -> tuple[bytes, str]:
-    """Everything the server sends, and how it ended: ``"close"`` (recv returned b""),
-    ``"reset"`` or ``"timeout"`` (the server kept the connection open)."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data, "reset"
-        except TimeoutError:
-            return data, "timeout"
-        if not chunk:
-            return data, "close"
-        data += chunk
 
 
 def read_response(sock: socket.socket) -> bytes:

@@ -33,6 +33,7 @@ from tests.conftest import (
     StartCluster,
     cluster_process,
     read_reply,
+    read_until_close,
     wait_until,
 )
 from tests.hardening_apps.probe import pattern
@@ -120,20 +121,6 @@ def worker_pid(cluster: ClusterProcess, certificate: Certificate) -> int:
     assert reply.status == 200, reply.text
     assert reply.json()["scheme"] == "https"
     return int(reply.json()["pid"])
-
-
-def read_until_close(sock: socket.socket) -> tuple[bytes, str]:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data, "reset"
-        except TimeoutError:
-            return data, "timeout"
-        if not chunk:
-            return data, "close"
-        data += chunk
 
 
 # -- clients that trust the certificate ----------------------------------------------------------
