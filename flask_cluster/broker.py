@@ -95,6 +95,11 @@ class Broker:
             if now >= pending.deadline:
                 self._finish(gather_id)
 
+    @property
+    def pending(self) -> bool:
+        """Gathers wait for answers."""
+        return bool(self._gathers)
+
     def next_deadline(self) -> float | None:
         return min((pending.deadline for pending in self._gathers.values()), default=None)
 

@@ -2,6 +2,8 @@
 
 The choice is pure (no I/O) so it can be tested without processes; :func:`hand_off` does the
 I/O and moves on to the next candidate when a worker's queue is full or the worker is gone.
+Round-robin as in Node.js's cluster module: the master owns the listener, so every worker gets
+its turn whatever the kernel's wake-up order (shared accept piles bursts onto one worker).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import selectors
 import socket
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from . import ipc
 
@@ -26,7 +28,25 @@ class Target(Protocol):
     worker_id: int
 
     @property
-    def in_flight(self) -> int: ...
+    def in_flight(self) -> int:
+        """Requests it is serving plus connections passed to it and not yet taken."""
+        ...
+
+    @property
+    def connections(self) -> int:
+        """Connections it has open."""
+        ...
+
+    def handed(self, count: int) -> None:
+        """``count`` connections were just passed to it."""
+        ...
+
+
+class Accepted(NamedTuple):
+    """A connection the master accepted, and its peer as ``accept()`` reported it."""
+
+    sock: socket.socket
+    peer: bytes
 
 
 class RoundRobin:
@@ -56,7 +76,9 @@ class LeastBusy:
             return []
         span = max(target.worker_id for target in ready) + 1
         last = self._last
-        ranked = sorted(ready, key=lambda target: (target.in_flight,
+        # Requests in flight first, then open connections: a burst of new keep-alive
+        # connections spreads out even before their first requests arrive.
+        ranked = sorted(ready, key=lambda target: (target.in_flight, target.connections,
                                                    (target.worker_id - last - 1) % span))
         self._last = ranked[0].worker_id
         return ranked
@@ -66,13 +88,16 @@ def chooser(balance: str) -> RoundRobin | LeastBusy:
     return LeastBusy() if balance == "least-busy" else RoundRobin()
 
 
-def hand_off(conn: socket.socket, candidates: list[Target],
+def hand_off(batch: list[Accepted], candidates: list[Target],
              on_gone: Callable[[Target], None]) -> bool:
-    """Pass ``conn`` to the first candidate that takes it; False if none could."""
+    """Pass ``batch`` in one packet to the first candidate that takes it; False if none could."""
+    fds = [item.sock.fileno() for item in batch]
+    peers = [item.peer for item in batch]
     for target in candidates:
         assert target.handoff is not None
         try:
-            if ipc.send_connection(target.handoff, conn.fileno()):
+            if ipc.send_connections(target.handoff, fds, peers):
+                target.handed(len(batch))
                 return True
         except ipc.ChannelClosed:
             on_gone(target)  # died since we last looked: never hand it another connection
@@ -103,7 +128,7 @@ class Dispatcher:
         self.chooser = chooser(balance)
         self.live = live
         self.on_gone = on_gone
-        self.waiting: deque[socket.socket] = deque()
+        self.waiting: deque[Accepted] = deque()
         self.accepting = False
         self.stopped = False
 
@@ -124,16 +149,17 @@ class Dispatcher:
         self.close_waiting()
 
     def close_waiting(self) -> None:
-        for conn in self.waiting:
-            conn.close()
+        for item in self.waiting:
+            item.sock.close()
         self.waiting.clear()
 
     def on_readable(self, listener: Any, _mask: int) -> None:
+        batch: list[Accepted] = []
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _addr = listener.accept()
+                conn, address = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 if exc.errno in ACCEPT_SKIP_ERRORS:
                     log.debug("accept failed for one connection: %s", exc)
@@ -142,24 +168,47 @@ class Dispatcher:
                     raise
                 log.warning("accept failed: %s; retrying shortly", exc)
                 self._accept_more(False)  # the loop's next pass (at most a tick) resumes
-                return
-            if self.waiting or not self._hand_off(conn):
-                self.waiting.append(conn)
-                self._accept_more(False)
-                return
+                break
+            batch.append(Accepted(conn, ipc.encode_peer(address)))
+        if batch:
+            self._dispatch(batch)
+
+    def _dispatch(self, batch: list[Accepted]) -> None:
+        """Choose a worker for each connection, then pass each worker its share in one
+        packet: a burst of connects costs one ``sendmsg`` per worker, not per connection."""
+        if self.waiting:
+            self._wait(batch)
+            return
+        live = self.live()
+        shares: dict[int, tuple[list[Target], list[Accepted]]] = {}
+        for item in batch:
+            order = self.chooser.order(live)
+            if not order:
+                self._wait(batch[batch.index(item):])
+                break
+            shares.setdefault(order[0].worker_id, (order, []))[1].append(item)
+        for order, items in shares.values():
+            if hand_off(items, order, self.on_gone):
+                for item in items:
+                    item.sock.close()
+            else:
+                self._wait(items)
+
+    def _wait(self, items: list[Accepted]) -> None:
+        """No worker can take these now: hold them, and stop accepting until one can."""
+        self.waiting.extend(items)
+        self._accept_more(False)
 
     def retry(self) -> None:
         """Hand off what waits; accept again once nothing does."""
-        while self.waiting and self._hand_off(self.waiting[0]):
+        while self.waiting:
+            item = self.waiting[0]
+            if not hand_off([item], self.chooser.order(self.live()), self.on_gone):
+                break
             self.waiting.popleft()
+            item.sock.close()
         if not self.waiting and not self.stopped:
             self._accept_more(True)
-
-    def _hand_off(self, conn: socket.socket) -> bool:
-        if not hand_off(conn, self.chooser.order(self.live()), self.on_gone):
-            return False
-        conn.close()
-        return True
 
     def _accept_more(self, on: bool) -> None:
         if on == self.accepting:

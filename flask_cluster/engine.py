@@ -118,7 +118,9 @@ class ThreadedExchange:
 class Engine:
     def __init__(self, app: WSGIApp, *, threads: int, keep_alive: float, limits: Limits,
                  base_environ: dict[str, Any], access_log: AccessLog | None,
-                 on_request: Callable[[int], None], tls: ssl.SSLContext | None = None,
+                 on_request: Callable[[int], None],
+                 on_connection: Callable[[int], None] = lambda delta: None,
+                 tls: ssl.SSLContext | None = None,
                  header_timeout: float = 10.0, max_connections: int = 1000,
                  trusted_proxies: frozenset[str] = frozenset()) -> None:
         self.app = app
@@ -132,6 +134,7 @@ class Engine:
         self.base_environ = base_environ
         self.access_log = access_log
         self.on_request = on_request  # +1 when a request starts, -1 when it ends
+        self.on_connection = on_connection  # +1 when a connection opens, -1 when it closes
         self.tls = tls
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
@@ -166,7 +169,7 @@ class Engine:
         def accept() -> None:
             for _ in range(ACCEPT_BATCH):
                 try:
-                    sock, _addr = listener.accept()
+                    sock, address = listener.accept()
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:  # EMFILE and friends: keep serving who we have
@@ -177,7 +180,7 @@ class Engine:
                     log.warning("accept failed: %s; pausing accepts for a second", exc)
                     self._pause_accepting()
                     return
-                self.add_connection(sock)
+                self.add_connection(sock, peer_of(address))
                 if not self.accepting:
                     return
 
@@ -202,7 +205,8 @@ class Engine:
             for listener, accept in self.listeners:
                 self.add_reader(listener, accept)
 
-    def add_connection(self, sock: socket.socket) -> None:
+    def add_connection(self, sock: socket.socket, peer: tuple[str, str] | None = None) -> None:
+        """Serve ``sock``; ``peer`` is the client's (address, port) when already known."""
         if len(self.connections) >= self.max_connections:
             # Handed over by the master while full: a clear refusal beats an unbounded queue.
             try:
@@ -214,14 +218,13 @@ class Engine:
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                peer = sock.getpeername()
-            except OSError:  # already reset by the client
-                sock.close()
-                return
-            addr, port = peer[0], str(peer[1])
-        else:
-            addr, port = "", ""
+            if peer is None:
+                try:
+                    peer = peer_of(sock.getpeername())
+                except OSError:  # already reset by the client
+                    sock.close()
+                    return
+        addr, port = peer or ("", "")
         conn: Connection
         if self.tls is not None:
             try:
@@ -234,6 +237,7 @@ class Engine:
         else:
             conn = Connection(self, sock, addr, port)
         self.connections.add(conn)
+        self.on_connection(1)
         self.selector.register(conn.sock, selectors.EVENT_READ, conn)
         if len(self.connections) >= self.max_connections:
             self._pause_accepting()
@@ -255,7 +259,9 @@ class Engine:
             conn.want_write = True
 
     def forget(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.on_connection(-1)
         if not self.accepting:
             self._resume_accepting()
         try:
@@ -616,3 +622,10 @@ def file_to_send(response: Response, app_iter: Iterable[bytes]) -> tuple[int, in
         return fd, offset, 0
     response.body_bytes = count
     return fd, offset, count
+
+
+def peer_of(address: Any) -> tuple[str, str]:
+    """``(address, port)`` as strings from what ``accept()`` or ``getpeername()`` gives."""
+    if isinstance(address, tuple):
+        return address[0], str(address[1])
+    return "", ""

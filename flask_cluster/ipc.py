@@ -137,11 +137,22 @@ class MessageChannel:
         self.sock.close()
 
 
-def send_connection(channel: socket.socket, fd: int) -> bool:
-    """Pass one connection to a worker. False when its queue is full (try another worker);
-    :class:`ChannelClosed` when the worker is gone."""
+MAX_FDS_PER_PACKET = 64  # well under the kernel's SCM_MAX_FD (253)
+Peer = tuple[str, str]  # the client's (address, port); ("", "") on a Unix socket
+
+
+def encode_peer(address: Any) -> bytes:
+    """What ``accept()`` said of the client, so the worker need not ask the kernel again."""
+    if isinstance(address, tuple):
+        return f"{address[0]} {address[1]}".encode()
+    return b""
+
+
+def send_connections(channel: socket.socket, fds: list[int], peers: list[bytes]) -> bool:
+    """Pass connections to a worker in one packet (their peers as its data). False when the
+    worker's queue is full (try another worker); :class:`ChannelClosed` when it is gone."""
     try:
-        socket.send_fds(channel, [b"c"], [fd])
+        socket.send_fds(channel, [b"\n".join(peers) or b"\n"], fds)
     except BlockingIOError:
         return False
     except OSError as exc:
@@ -149,12 +160,14 @@ def send_connection(channel: socket.socket, fd: int) -> bool:
     return True
 
 
-def receive_connections(channel: socket.socket, limit: int) -> list[socket.socket]:
-    """Up to ``limit`` connections passed by the master; :class:`ChannelClosed` if it is gone."""
-    connections: list[socket.socket] = []
+def receive_connections(channel: socket.socket, limit: int) -> list[tuple[socket.socket, Peer]]:
+    """Connections passed by the master, from up to ``limit`` packets; :class:`ChannelClosed`
+    if it is gone and nothing came before that."""
+    connections: list[tuple[socket.socket, Peer]] = []
     for _ in range(limit):
         try:
-            data, fds, _flags, _addr = socket.recv_fds(channel, 1, 1)
+            data, fds, _flags, _addr = socket.recv_fds(channel, 64 * MAX_FDS_PER_PACKET,
+                                                       MAX_FDS_PER_PACKET)
         except BlockingIOError:
             break
         except OSError as exc:
@@ -165,5 +178,9 @@ def receive_connections(channel: socket.socket, limit: int) -> list[socket.socke
             if connections:
                 break  # these are ours to serve; the next call reports the master gone
             raise ChannelClosed("end of stream")
-        connections.extend(socket.socket(fileno=fd) for fd in fds)
+        peers = data.split(b"\n")
+        for index, fd in enumerate(fds):
+            peer = peers[index] if index < len(peers) else b""
+            host, _, port = peer.decode("latin-1").partition(" ")
+            connections.append((socket.socket(fileno=fd), (host, port)))
     return connections

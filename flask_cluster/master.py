@@ -28,7 +28,16 @@ from .cpus import usable_cpus
 from .dispatch import Dispatcher
 from .listeners import close_quietly, describe, open_listener, stop_listening
 from .proctitle import set_title
-from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
+from .scoreboard import (
+    CONNECTIONS,
+    HEARTBEAT_MS,
+    IN_FLIGHT,
+    RECEIVED,
+    REQUESTS,
+    RSS_KIB,
+    Scoreboard,
+    now_ms,
+)
 from .tls import server_context
 from .watch import SourceWatcher
 from .worker import EXIT_BOOT_ERROR, Worker, WorkerSockets
@@ -41,6 +50,7 @@ EXIT_CRASH_LOOP = 4
 MAX_BOOT_CRASHES = 5  # workers dying before they are ready, in a row, before the master gives up
 KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
 MEMORY_CHECK_INTERVAL = 1.0
+HOUSEKEEPING = 0.1  # seconds between checks of timers, heartbeats, memory and deadlines
 RESPONSIVE_MS = 2500  # a worker's loop beats every second; older than this, it is busy
 BEHIND_GRACE = 1.0  # seconds a worker may stay more than MAX_WORKER_BACKLOG behind
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
@@ -66,6 +76,7 @@ class WorkerHandle:
         self.kill_at: float | None = None  # SIGKILL if still alive then
         self.boot_error: str | None = None
         self.restarts = 0
+        self.sent = 0  # connections passed to it
         self.over_memory = 0  # consecutive checks above --max-memory
         self.wants_write = False  # registered for EVENT_WRITE: messages wait for the worker
         self.behind_since: float | None = None  # since when its message backlog is too large
@@ -74,7 +85,16 @@ class WorkerHandle:
 
     @property
     def in_flight(self) -> int:
-        return self.scoreboard.get(self.slot, IN_FLIGHT)
+        """Requests in progress, plus connections passed to it that it has not taken yet."""
+        pending = self.sent - self.scoreboard.get(self.slot, RECEIVED)
+        return self.scoreboard.get(self.slot, IN_FLIGHT) + max(0, pending)
+
+    @property
+    def connections(self) -> int:
+        return self.scoreboard.get(self.slot, CONNECTIONS)
+
+    def handed(self, count: int) -> None:
+        self.sent += count
 
     def __repr__(self) -> str:
         return f"worker {self.worker_id} (pid {self.pid})"
@@ -99,6 +119,8 @@ class Master:
         self.listener: socket.socket | None = None
         self.inherited = False
         self._next_memory_check = 0.0
+        self._next_housekeeping = 0.0
+        self._reap_due = False  # SIGCHLD came: reap on this pass
         self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
         self.broker = Broker(self._send_to)
         self._unflushed: set[WorkerHandle] = set()
@@ -168,12 +190,25 @@ class Master:
         for key, mask in self.selector.select(timeout):
             callback = key.data
             callback(key.fileobj, mask)
-        self._handle_signals()
-        self._reap()
+        if self.signals:
+            self._handle_signals()
         now = time.monotonic()
-        self.broker.expire(now)
+        if self._reap_due or now >= self._next_housekeeping:
+            self._reap_due = False
+            self._reap()
+        if self.broker.pending:
+            self.broker.expire(now)
         if self.dispatcher is not None and self.dispatcher.paused:
             self.dispatcher.retry()
+        if now >= self._next_housekeeping:
+            # Not after every wake-up: under a stream of connections the master wakes
+            # thousands of times a second, and none of this needs that.
+            self._next_housekeeping = now + HOUSEKEEPING
+            self._housekeeping(now)
+        if self._unflushed:
+            self._flush_channels()
+
+    def _housekeeping(self, now: float) -> None:
         self._check_workers(now)
         self._respawn_due(now)
         if self.watcher is not None and not self.stopping and self.watcher.changed():
@@ -181,12 +216,11 @@ class Master:
             self.reload()
         if self.stopping and now >= self.stop_deadline:
             self._kill_all(signal.SIGKILL)
-        self._flush_channels()
 
     def _next_timeout(self) -> float:
         if self.dispatcher is not None and self.dispatcher.paused:
             return 0.01  # retry the hand-off soon
-        deadlines = [time.monotonic() + 1.0, *self.respawn_at.values()]
+        deadlines = [self._next_housekeeping, *self.respawn_at.values()]
         gather = self.broker.next_deadline()
         if gather is not None:
             deadlines.append(gather)
@@ -243,8 +277,7 @@ class Master:
                 handle.channel.close()
                 close_quietly(handle.handoff)
             if self.dispatcher is not None:
-                for sock in self.dispatcher.waiting:
-                    sock.close()
+                self.dispatcher.close_waiting()  # our copies; the master hands them on
             if self.listener not in keep:
                 close_quietly(self.listener)
             self._wake_r.close()
@@ -405,6 +438,8 @@ class Master:
                 self.stop(graceful=True)
             elif signum == signal.SIGQUIT:
                 self.stop(graceful=False)
+            elif signum == signal.SIGCHLD:
+                self._reap_due = True
             elif signum == signal.SIGHUP:
                 self.reload()
             elif signum in (signal.SIGTTIN, signal.SIGTTOU):

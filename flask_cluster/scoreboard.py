@@ -12,8 +12,10 @@ import mmap
 import time
 from collections.abc import Collection
 
-FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms", "rss_kib")
-PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB = range(len(FIELDS))
+FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms", "rss_kib", "received",
+          "connections")
+PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIONS = \
+    range(len(FIELDS))
 SLOT_WORDS = 8  # room to grow without moving slots
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for

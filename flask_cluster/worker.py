@@ -27,7 +27,16 @@ from .listeners import close_quietly, reuseport_listener, stop_listening
 from .messaging import WorkerMessenger
 from .proctitle import set_title
 from .protocol import Limits
-from .scoreboard import HEARTBEAT_MS, IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard, now_ms
+from .scoreboard import (
+    CONNECTIONS,
+    HEARTBEAT_MS,
+    IN_FLIGHT,
+    RECEIVED,
+    REQUESTS,
+    RSS_KIB,
+    Scoreboard,
+    now_ms,
+)
 from .tls import server_context
 from .wsgi import base_environ, parse_trusted
 
@@ -115,6 +124,11 @@ class Worker:
         if config.max_requests:
             max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
 
+        connections_index = base + CONNECTIONS
+
+        def on_connection(delta: int) -> None:
+            words[connections_index] += delta
+
         def on_request(delta: int) -> None:
             words[in_flight_index] += delta
             if delta > 0:
@@ -134,6 +148,7 @@ class Worker:
                                       multithread=config.threads > 1),
             access_log=AccessLog(config.access_log_format) if config.access_log else None,
             on_request=on_request,
+            on_connection=on_connection,
             tls=tls,
             header_timeout=config.header_timeout,
             max_connections=config.max_connections,
@@ -164,8 +179,9 @@ class Worker:
             self.engine.remove_reader(self.sockets.handoff)
             self._master_gone()
             return False
-        for sock in connections:
-            self.engine.add_connection(sock)
+        self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(connections)
+        for sock, peer in connections:
+            self.engine.add_connection(sock, peer)
         return len(connections) == HANDOFF_BATCH
 
     def _heartbeat(self, now: float) -> None:

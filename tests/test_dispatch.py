@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from flask_cluster import dispatch, ipc
-from flask_cluster.dispatch import Dispatcher, LeastBusy, RoundRobin, chooser, hand_off
+from flask_cluster.dispatch import Accepted, Dispatcher, LeastBusy, RoundRobin, chooser, hand_off
 
 
 @dataclass(eq=False)
@@ -25,10 +25,15 @@ class Worker:
     handoff: socket.socket | None = None
     end: socket.socket | None = None
     received: list[socket.socket] = field(default_factory=list)
+    connections: int = 0
+    passed: int = 0
+
+    def handed(self, count: int) -> None:
+        self.passed += count
 
     def receive(self) -> list[socket.socket]:
         assert self.end is not None
-        got = ipc.receive_connections(self.end, 64)
+        got = [sock for sock, _peer in ipc.receive_connections(self.end, 64)]
         self.received += got
         return got
 
@@ -123,7 +128,7 @@ def test_chooser_by_balance_mode() -> None:
 def test_hand_off_passes_a_working_connection(workers: list[Worker]) -> None:
     client, server_side = socket.socketpair()
     with client, server_side:
-        assert hand_off(server_side, [workers[1], workers[0]], on_gone=pytest.fail)
+        assert hand_off([Accepted(server_side, b"")], [workers[1], workers[0]], on_gone=pytest.fail)
 
         [passed] = workers[1].receive()
         assert workers[0].receive() == []
@@ -137,18 +142,18 @@ def test_hand_off_skips_a_full_worker_and_a_dead_one(monkeypatch: pytest.MonkeyP
     full, dead, free = workers
     tried: list[int] = []
 
-    def send_connection(channel: socket.socket, fd: int) -> bool:
+    def send_connections(channel: socket.socket, fds: list[int], peers: list[bytes]) -> bool:
         target = next(worker for worker in workers if worker.handoff is channel)
         tried.append(target.worker_id)
         if target is dead:
             raise ipc.ChannelClosed("gone")
         return target is free  # the full one's queue is full: False, try the next
 
-    monkeypatch.setattr(dispatch.ipc, "send_connection", send_connection)
+    monkeypatch.setattr(dispatch.ipc, "send_connections", send_connections)
     gone: list[Worker] = []
     client, server_side = socket.socketpair()
     with client, server_side:
-        assert hand_off(server_side, [full, dead, free], on_gone=gone.append)
+        assert hand_off([Accepted(server_side, b"")], [full, dead, free], on_gone=gone.append)
 
     assert tried == [0, 1, 2]
     assert gone == [dead]
@@ -161,7 +166,7 @@ def test_hand_off_fails_when_nobody_can_take_it(workers: list[Worker]) -> None:
         worker.end.close()  # every worker died
     client, server_side = socket.socketpair()
     with client, server_side:
-        assert not hand_off(server_side, list(workers), on_gone=gone.append)
+        assert not hand_off([Accepted(server_side, b"")], list(workers), on_gone=gone.append)
 
     assert gone == workers
 

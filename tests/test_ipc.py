@@ -204,9 +204,10 @@ def test_connection_passes_to_the_worker(handoff: tuple[socket.socket, socket.so
     master_end, worker_end = handoff
     client, accepted = socket.socketpair()
     with client, accepted:
-        assert ipc.send_connection(master_end, accepted.fileno())
+        assert ipc.send_connections(master_end, [accepted.fileno()], [b"127.0.0.1 4321"])
     # The master closed its copy: the worker's is the connection now.
-        [conn] = ipc.receive_connections(worker_end, 8)
+        [(conn, peer)] = ipc.receive_connections(worker_end, 8)
+        assert peer == ("127.0.0.1", "4321")  # from accept(): no getpeername in the worker
         with conn:
             client.sendall(b"GET / HTTP/1.1\r\n\r\n")
             conn.settimeout(5)
@@ -216,16 +217,38 @@ def test_connection_passes_to_the_worker(handoff: tuple[socket.socket, socket.so
             assert client.recv(100) == b"HTTP/1.1 200 OK\r\n\r\n"
 
 
+def test_one_packet_carries_several_connections_and_their_peers(
+        handoff: tuple[socket.socket, socket.socket]) -> None:
+    master_end, worker_end = handoff
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        fds = [theirs.fileno() for _, theirs in pairs]
+        peers = [b"10.0.0.1 1", b"::1 2", b""]
+        assert ipc.send_connections(master_end, fds, peers)
+
+        received = ipc.receive_connections(worker_end, 1)  # one packet
+        assert [peer for _, peer in received] == [("10.0.0.1", "1"), ("::1", "2"), ("", "")]
+        for (conn, _), (ours, _) in zip(received, pairs, strict=True):
+            with conn:
+                ours.sendall(b"x")
+                conn.settimeout(5)
+                assert conn.recv(1) == b"x"
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 def test_receive_takes_at_most_the_limit(handoff: tuple[socket.socket, socket.socket]) -> None:
     master_end, worker_end = handoff
     pairs = [socket.socketpair() for _ in range(5)]
     try:
         for _, theirs in pairs:
-            assert ipc.send_connection(master_end, theirs.fileno())
+            assert ipc.send_connections(master_end, [theirs.fileno()], [b"127.0.0.1 4321"])
 
         first = ipc.receive_connections(worker_end, 3)
         second = ipc.receive_connections(worker_end, 3)
-        for conn in first + second:
+        for conn, _peer in first + second:
             conn.close()
 
         assert (len(first), len(second)) == (3, 2)
@@ -241,14 +264,14 @@ def test_full_queue_says_try_another_worker(handoff: tuple[socket.socket, socket
     ours, theirs = socket.socketpair()
     with ours, theirs:
         sent = 0
-        while ipc.send_connection(master_end, theirs.fileno()):
+        while ipc.send_connections(master_end, [theirs.fileno()], [b"127.0.0.1 4321"]):
             sent += 1
             assert sent < 100000, "the queue never filled"
 
         taken = ipc.receive_connections(worker_end, 16)
-        for conn in taken:
+        for conn, _peer in taken:
             conn.close()
-        assert ipc.send_connection(master_end, theirs.fileno())  # room again
+        assert ipc.send_connections(master_end, [theirs.fileno()], [b"127.0.0.1 4321"])  # room again
 
 
 def test_worker_gone_is_channel_closed(handoff: tuple[socket.socket, socket.socket]) -> None:
@@ -256,7 +279,7 @@ def test_worker_gone_is_channel_closed(handoff: tuple[socket.socket, socket.sock
     worker_end.close()
     ours, theirs = socket.socketpair()
     with ours, theirs, pytest.raises(ChannelClosed):
-        ipc.send_connection(master_end, theirs.fileno())
+        ipc.send_connections(master_end, [theirs.fileno()], [b"127.0.0.1 4321"])
 
 
 def test_master_gone_is_channel_closed(handoff: tuple[socket.socket, socket.socket]) -> None:
@@ -272,7 +295,7 @@ def test_connections_passed_before_the_master_died_are_kept(
     master_end, worker_end = handoff
     pairs = [socket.socketpair() for _ in range(2)]
     for _, theirs in pairs:
-        ipc.send_connection(master_end, theirs.fileno())
+        ipc.send_connections(master_end, [theirs.fileno()], [b"127.0.0.1 4321"])
     master_end.close()
 
     with warnings.catch_warnings():
@@ -285,7 +308,7 @@ def test_connections_passed_before_the_master_died_are_kept(
     try:
         assert len(got) == 2
     finally:
-        for conn in got:
+        for conn, _peer in got:
             conn.close()
         for a, b in pairs:
             a.close()
