@@ -16,6 +16,7 @@ import selectors
 import socket
 import ssl
 import stat
+import sys
 import threading
 import time
 from collections import deque
@@ -25,13 +26,15 @@ from typing import Any
 
 from .access import STARTED, AccessLog
 from .connection import HIGH_WATER, Connection, TLSConnection
+from .listeners import no_delay
 from .protocol import Limits, Request
 from .wsgi import FileWrapper, Response, WSGIApp, apply_forwarded, build_environ, error_response
 
 log = logging.getLogger("flask_cluster.worker")
 
 TICK = 1.0  # seconds between housekeeping passes (heartbeat, keep-alive sweep)
-ACCEPT_BATCH = 32  # connections taken per wake-up, so one worker cannot hog a shared listener
+ACCEPT_BATCH = 32  # connections taken per wake-up from a listener of our own (reuseport)
+NODELAY_INHERITED = sys.platform.startswith("linux")  # accepted sockets copy the listener's
 Reader = Callable[[], None]
 
 
@@ -163,11 +166,17 @@ class Engine:
         except (KeyError, ValueError):
             pass
 
-    def accept_from(self, listener: socket.socket) -> None:
-        """Accept connections on ``listener`` ourselves (``shared`` and ``reuseport``)."""
+    def accept_from(self, listener: socket.socket, *, shared: bool = False) -> None:
+        """Accept connections on ``listener`` ourselves (``shared`` and ``reuseport``).
+
+        On a listener ``shared`` with other workers, one connection per wake-up: every idle
+        worker is woken for a burst of connects, and one that took them all would leave the
+        others idle while it serves the whole burst.
+        """
+        batch = 1 if shared else ACCEPT_BATCH
 
         def accept() -> None:
-            for _ in range(ACCEPT_BATCH):
+            for _ in range(batch):
                 try:
                     sock, address = listener.accept()
                 except (BlockingIOError, InterruptedError):
@@ -184,6 +193,7 @@ class Engine:
                 if not self.accepting:
                     return
 
+        no_delay(listener)
         self.listeners.append((listener, accept))
         self.add_reader(listener, accept)
 
@@ -217,7 +227,8 @@ class Engine:
             return
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not NODELAY_INHERITED:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if peer is None:
                 try:
                     peer = peer_of(sock.getpeername())
@@ -241,6 +252,9 @@ class Engine:
         self.selector.register(conn.sock, selectors.EVENT_READ, conn)
         if len(self.connections) >= self.max_connections:
             self._pause_accepting()
+        # A client sends its request right after connecting, so by the time the connection
+        # reaches us it has usually arrived: read now instead of after another select.
+        conn.on_readable()
 
     def watch_writes(self, conn: Connection, on: bool) -> None:
         events = selectors.EVENT_WRITE if on else 0

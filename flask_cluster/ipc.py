@@ -160,7 +160,8 @@ def send_connections(channel: socket.socket, fds: list[int], peers: list[bytes])
     return True
 
 
-def receive_connections(channel: socket.socket, limit: int) -> list[tuple[socket.socket, Peer]]:
+def receive_connections(channel: socket.socket, limit: int, family: socket.AddressFamily
+                        ) -> list[tuple[socket.socket, Peer]]:
     """Connections passed by the master, from up to ``limit`` packets; :class:`ChannelClosed`
     if it is gone and nothing came before that."""
     connections: list[tuple[socket.socket, Peer]] = []
@@ -182,5 +183,6 @@ def receive_connections(channel: socket.socket, limit: int) -> list[tuple[socket
         for index, fd in enumerate(fds):
             peer = peers[index] if index < len(peers) else b""
             host, _, port = peer.decode("latin-1").partition(" ")
-            connections.append((socket.socket(fileno=fd), (host, port)))
+            # family and type given: socket() would otherwise ask the kernel for both
+            connections.append((socket.socket(family, socket.SOCK_STREAM, 0, fd), (host, port)))
     return connections

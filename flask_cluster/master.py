@@ -244,6 +244,7 @@ class Master:
             listener=listener if config.balance == "shared" else None,
             reuseport=(listener.getsockname(), listener.family)
             if config.balance == "reuseport" else None,
+            family=listener.family,
         )
         worker = Worker(worker_id, slot, config, self.load_app, self.app_name, self.scoreboard,
                         sockets, self._server_address(), self.pid)

@@ -55,6 +55,7 @@ class WorkerSockets:
     handoff: socket.socket | None  # round-robin and least-busy: connections come from the master
     listener: socket.socket | None  # shared: accept on the master's socket
     reuseport: tuple[Any, socket.AddressFamily] | None  # reuseport: bind our own
+    family: socket.AddressFamily  # of the master's listener, so of every connection
 
 
 class Worker:
@@ -159,7 +160,7 @@ class Worker:
         if sockets.handoff is not None:
             engine.add_reader(sockets.handoff, self._receive_connections)
         elif sockets.listener is not None:
-            engine.accept_from(sockets.listener)
+            engine.accept_from(sockets.listener, shared=True)
         elif sockets.reuseport is not None:
             sockets.listener = reuseport_listener(*sockets.reuseport)
             engine.accept_from(sockets.listener)
@@ -174,7 +175,8 @@ class Worker:
         """Take up to a batch of passed connections; True when the batch was full."""
         assert self.engine is not None and self.sockets.handoff is not None
         try:
-            connections = ipc.receive_connections(self.sockets.handoff, HANDOFF_BATCH)
+            connections = ipc.receive_connections(self.sockets.handoff, HANDOFF_BATCH,
+                                                  self.sockets.family)
         except ipc.ChannelClosed:
             self.engine.remove_reader(self.sockets.handoff)
             self._master_gone()

@@ -33,7 +33,7 @@ class Worker:
 
     def receive(self) -> list[socket.socket]:
         assert self.end is not None
-        got = [sock for sock, _peer in ipc.receive_connections(self.end, 64)]
+        got = [sock for sock, _peer in ipc.receive_connections(self.end, 64, socket.AF_UNIX)]
         self.received += got
         return got
 

@@ -206,7 +206,7 @@ def test_connection_passes_to_the_worker(handoff: tuple[socket.socket, socket.so
     with client, accepted:
         assert ipc.send_connections(master_end, [accepted.fileno()], [b"127.0.0.1 4321"])
     # The master closed its copy: the worker's is the connection now.
-        [(conn, peer)] = ipc.receive_connections(worker_end, 8)
+        [(conn, peer)] = ipc.receive_connections(worker_end, 8, socket.AF_UNIX)
         assert peer == ("127.0.0.1", "4321")  # from accept(): no getpeername in the worker
         with conn:
             client.sendall(b"GET / HTTP/1.1\r\n\r\n")
@@ -226,7 +226,7 @@ def test_one_packet_carries_several_connections_and_their_peers(
         peers = [b"10.0.0.1 1", b"::1 2", b""]
         assert ipc.send_connections(master_end, fds, peers)
 
-        received = ipc.receive_connections(worker_end, 1)  # one packet
+        received = ipc.receive_connections(worker_end, 1, socket.AF_UNIX)  # one packet
         assert [peer for _, peer in received] == [("10.0.0.1", "1"), ("::1", "2"), ("", "")]
         for (conn, _), (ours, _) in zip(received, pairs, strict=True):
             with conn:
@@ -246,13 +246,14 @@ def test_receive_takes_at_most_the_limit(handoff: tuple[socket.socket, socket.so
         for _, theirs in pairs:
             assert ipc.send_connections(master_end, [theirs.fileno()], [b"127.0.0.1 4321"])
 
-        first = ipc.receive_connections(worker_end, 3)
-        second = ipc.receive_connections(worker_end, 3)
+        first = ipc.receive_connections(worker_end, 3, socket.AF_UNIX)
+        second = ipc.receive_connections(worker_end, 3, socket.AF_UNIX)
         for conn, _peer in first + second:
             conn.close()
 
         assert (len(first), len(second)) == (3, 2)
-        assert ipc.receive_connections(worker_end, 3) == []  # nothing waiting: no blocking
+        # nothing waiting: no blocking
+        assert ipc.receive_connections(worker_end, 3, socket.AF_UNIX) == []
     finally:
         for a, b in pairs:
             a.close()
@@ -268,7 +269,7 @@ def test_full_queue_says_try_another_worker(handoff: tuple[socket.socket, socket
             sent += 1
             assert sent < 100000, "the queue never filled"
 
-        taken = ipc.receive_connections(worker_end, 16)
+        taken = ipc.receive_connections(worker_end, 16, socket.AF_UNIX)
         for conn, _peer in taken:
             conn.close()
         assert ipc.send_connections(master_end, [theirs.fileno()], [b"127.0.0.1 4321"])  # room again
@@ -287,7 +288,7 @@ def test_master_gone_is_channel_closed(handoff: tuple[socket.socket, socket.sock
     master_end.close()
 
     with pytest.raises(ChannelClosed):
-        ipc.receive_connections(worker_end, 8)
+        ipc.receive_connections(worker_end, 8, socket.AF_UNIX)
 
 
 def test_connections_passed_before_the_master_died_are_kept(
@@ -301,7 +302,7 @@ def test_connections_passed_before_the_master_died_are_kept(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)  # the dropped sockets, if any
         try:
-            got = ipc.receive_connections(worker_end, 8)
+            got = ipc.receive_connections(worker_end, 8, socket.AF_UNIX)
         except ChannelClosed:
             got = []
         gc.collect()
