@@ -134,7 +134,8 @@ class Connection:
             return
         # A response paused at the high-water mark is resumed by a writable event, so keep
         # asking for one even when this flush drained the buffer, or nothing would resume it.
-        pending = bool(self.out) or self.file is not None or self.engine.producing(self)
+        pending = bool(self.out) or self.file is not None or \
+            (self.current is not None and self.current.paused)
         if pending != self.want_write:
             self.want_write = pending
             self.engine.watch_writes(self, pending)

@@ -42,6 +42,7 @@ class InlineExchange:
     """A response being produced on the loop thread; resumed when the client drains."""
 
     __slots__ = ("response", "app_iter", "iterator", "request", "environ")
+    paused = True  # always resumable by a writable event: the loop produces its body
 
     def __init__(self, response: Response, app_iter: Iterable[bytes], request: Request,
                  environ: dict[str, Any]) -> None:
@@ -57,6 +58,7 @@ class ThreadedExchange:
 
     __slots__ = ("engine", "conn", "request", "response", "cond", "chunks", "size", "done",
                  "aborted", "file", "queued", "environ", "started", "waiting", "settled")
+    paused = False  # its pool thread produces the body; the loop only transfers it
 
     def __init__(self, engine: Engine, conn: Connection, request: Request) -> None:
         self.engine = engine
@@ -297,7 +299,8 @@ class Engine:
     def environ_for(self, conn: Connection, request: Request) -> dict[str, Any]:
         environ = build_environ(request, self.base_environ, conn.remote_addr, conn.remote_port)
         trusted = self.trusted_proxies
-        if trusted and (conn.remote_addr in trusted or "*" in trusted):
+        if trusted and ("HTTP_X_FORWARDED_FOR" in environ or "HTTP_X_FORWARDED_PROTO" in environ) \
+                and (conn.remote_addr in trusted or "*" in trusted):
             apply_forwarded(environ)
         if self.access_log is not None:
             environ[STARTED] = time.perf_counter()
@@ -383,11 +386,6 @@ class Engine:
                 self._close_iterable(app_iter)
             else:
                 exchange.environ["flask_cluster.file_iter"] = app_iter
-
-    @staticmethod
-    def producing(conn: Connection) -> bool:
-        """An inline response is under way: the loop produces more of it when the client reads."""
-        return type(conn.current) is InlineExchange
 
     def resume(self, conn: Connection) -> None:
         """The client drained its buffer: produce more of the response in progress."""
