@@ -32,7 +32,7 @@ from .wsgi import FileWrapper, Response, WSGIApp, apply_forwarded, build_environ
 
 log = logging.getLogger("flask_cluster.worker")
 
-TICK = 1.0  # seconds between housekeeping passes (heartbeat, keep-alive sweep)
+TICK = 0.5  # seconds between housekeeping passes (heartbeat, keep-alive sweep)
 ACCEPT_BATCH = 32  # connections taken per wake-up from a listener of our own (reuseport)
 NODELAY_INHERITED = sys.platform.startswith("linux")  # accepted sockets copy the listener's
 Reader = Callable[[], None]

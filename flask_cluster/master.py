@@ -51,7 +51,7 @@ MAX_BOOT_CRASHES = 5  # workers dying before they are ready, in a row, before th
 KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
 MEMORY_CHECK_INTERVAL = 1.0
 HOUSEKEEPING = 0.1  # seconds between checks of timers, heartbeats, memory and deadlines
-RESPONSIVE_MS = 2500  # a worker's loop beats every second; older than this, it is busy
+RESPONSIVE_MS = 1500  # a worker's loop beats every 0.5 s; older than this, it is busy
 BEHIND_GRACE = 1.0  # seconds a worker may stay more than MAX_WORKER_BACKLOG behind
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
