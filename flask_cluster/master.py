@@ -26,13 +26,12 @@ from .config import Config
 from .control import ControlError, ControlServer, control_path, execute
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
+from .handle import WorkerHandle, describe_status
 from .listeners import close_quietly, describe, open_listener, stop_listening
 from .proctitle import set_title
 from .scoreboard import (
-    CONNECTIONS,
     HEARTBEAT_MS,
     IN_FLIGHT,
-    RECEIVED,
     REQUESTS,
     RSS_KIB,
     Scoreboard,
@@ -55,49 +54,6 @@ RESPONSIVE_MS = 1500  # a worker's loop beats every 0.5 s; older than this, it i
 BEHIND_GRACE = 1.0  # seconds a worker may stay more than MAX_WORKER_BACKLOG behind
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
-
-
-class WorkerHandle:
-    """The master's record of one worker process."""
-
-    def __init__(self, worker_id: int, slot: int, pid: int, channel: ipc.MessageChannel,
-                 handoff: socket.socket | None, scoreboard: Scoreboard) -> None:
-        self.worker_id = worker_id
-        self.slot = slot
-        self.pid = pid
-        self.channel = channel
-        self.handoff = handoff
-        self.scoreboard = scoreboard
-        # booting -> ready -> retiring (told to finish and exit); "gone" once it is known to be
-        # dead or stuck but not yet reaped. Only "ready" workers get connections and messages.
-        self.state = "booting"
-        self.replaced = False  # a successor was started already: do not respawn on exit
-        self.started = time.monotonic()
-        self.kill_at: float | None = None  # SIGKILL if still alive then
-        self.boot_error: str | None = None
-        self.restarts = 0
-        self.sent = 0  # connections passed to it
-        self.over_memory = 0  # consecutive checks above --max-memory
-        self.wants_write = False  # registered for EVENT_WRITE: messages wait for the worker
-        self.behind_since: float | None = None  # since when its message backlog is too large
-        self.on_event: Callable[[Any, int], None] = lambda _sock, _mask: None
-        self.renewing = False  # a successor is on its way
-
-    @property
-    def in_flight(self) -> int:
-        """Requests in progress, plus connections passed to it that it has not taken yet."""
-        pending = self.sent - self.scoreboard.get(self.slot, RECEIVED)
-        return self.scoreboard.get(self.slot, IN_FLIGHT) + max(0, pending)
-
-    @property
-    def connections(self) -> int:
-        return self.scoreboard.get(self.slot, CONNECTIONS)
-
-    def handed(self, count: int) -> None:
-        self.sent += count
-
-    def __repr__(self) -> str:
-        return f"worker {self.worker_id} (pid {self.pid})"
 
 
 class MasterExit(Exception):
@@ -775,14 +731,3 @@ class Master:
                 pass
         signal.set_wakeup_fd(-1)
         self.selector.close()
-
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by {name}"
-    return f"exit code {os.WEXITSTATUS(status)}"

@@ -24,7 +24,8 @@ import pytest
 
 from flask_cluster import ipc
 from flask_cluster.config import Config
-from flask_cluster.master import Master, WorkerHandle
+from flask_cluster.handle import WorkerHandle
+from flask_cluster.master import Master
 from flask_cluster.worker import EXIT_BOOT_ERROR
 from tests.conftest import ROOT, StartCluster, alive, read_reply, wait_until
 from tests.ops_apps.client import Load, cluster_in, ctl_ok, log_messages, status, wait_log_count, wait_settled
