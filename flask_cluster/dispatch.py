@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from . import ipc
+from .listeners import ACCEPT_SKIP_ERRORS
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -106,11 +107,6 @@ def hand_off(batch: list[Accepted], candidates: list[Target],
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
 ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# One client's trouble, not ours: it reset before we took it, or its network failed. Linux's
-# accept(2): "treat them like EAGAIN by retrying".
-ACCEPT_SKIP_ERRORS = frozenset(getattr(errno, name) for name in (
-    "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
-    "EOPNOTSUPP", "ENETUNREACH", "EPERM") if hasattr(errno, name))
 
 
 class Dispatcher:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .access import STARTED, AccessLog
 from .connection import HIGH_WATER, Connection, TLSConnection
-from .listeners import no_delay
+from .listeners import ACCEPT_SKIP_ERRORS, no_delay
 from .protocol import Limits, Request
 from .wsgi import FileWrapper, Response, WSGIApp, apply_forwarded, build_environ, error_response
 
@@ -183,11 +183,14 @@ class Engine:
                     sock, address = listener.accept()
                 except (BlockingIOError, InterruptedError):
                     return
-                except OSError as exc:  # EMFILE and friends: keep serving who we have
+                except OSError as exc:
+                    if exc.errno in ACCEPT_SKIP_ERRORS:
+                        continue  # that client is gone; the next one may be fine
                     if exc.errno == errno.EINVAL or listener.fileno() < 0:
                         # No longer listening, or closed by _stop earlier in this batch of events.
                         self.remove_listener(listener)
                         return
+                    # EMFILE and friends: keep serving who we have, try again later
                     log.warning("accept failed: %s; pausing accepts for a second", exc)
                     self._pause_accepting()
                     return

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
 
+# One client's trouble, not ours: it reset before we took it, or its network failed. Linux's
+# accept(2): "treat them like EAGAIN by retrying". The master's and the workers' accept loops
+# both skip such a connection and go on.
+ACCEPT_SKIP_ERRORS = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+    "EOPNOTSUPP", "ENETUNREACH", "EPERM") if hasattr(errno, name))
 BACKLOG = 2048  # as gunicorn and nginx: a burst of connects waits in the kernel, not refused
 SD_LISTEN_FDS_START = 3
 
