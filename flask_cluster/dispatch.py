@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import selectors
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -38,31 +40,46 @@ class Target(Protocol):
         """Connections it has open."""
         ...
 
+    @property
+    def untaken(self) -> int:
+        """Connections passed to it that it has not taken off its hand-off channel yet."""
+        ...
+
     def handed(self, count: int) -> None:
         """``count`` connections were just passed to it."""
         ...
 
 
 class Accepted(NamedTuple):
-    """A connection the master accepted, and its peer as ``accept()`` reported it."""
+    """A connection the master accepted (its descriptor: the master only passes it on), and
+    its peer as ``accept()`` reported it."""
 
-    sock: socket.socket
+    fd: int
     peer: bytes
 
 
 class RoundRobin:
-    """The next ready worker in turn, as Node's cluster module does."""
+    """The next ready worker in turn, as Node's cluster module does.
+
+    Like Node's, which passes a worker its next connection only once the worker has taken the
+    last one, a worker that has not yet taken what it was passed (its loop is busy) is passed
+    over for the next one in turn that has: otherwise the connection would wait behind a busy
+    worker while another sits idle. When every worker is behind, plain turns. The turn then
+    continues after the worker chosen, so turns stay even.
+    """
 
     def __init__(self) -> None:
         self._next = 0
 
     def order(self, ready: Sequence[Target]) -> list[Target]:
-        """Every ready worker, the one whose turn it is first."""
+        """Every ready worker, the one chosen first, then the rest in turn."""
         if not ready:
             return []
         start = self._next % len(ready)
-        self._next = start + 1
-        return [*ready[start:], *ready[:start]]
+        in_turn = [*ready[start:], *ready[:start]]
+        chosen = next((index for index, target in enumerate(in_turn) if not target.untaken), 0)
+        self._next = start + chosen + 1
+        return [in_turn[chosen], *in_turn[:chosen], *in_turn[chosen + 1:]]
 
 
 class LeastBusy:
@@ -92,7 +109,7 @@ def chooser(balance: str) -> RoundRobin | LeastBusy:
 def hand_off(batch: list[Accepted], candidates: list[Target],
              on_gone: Callable[[Target], None]) -> bool:
     """Pass ``batch`` in one packet to the first candidate that takes it; False if none could."""
-    fds = [item.sock.fileno() for item in batch]
+    fds = [item.fd for item in batch]
     peers = [item.peer for item in batch]
     for target in candidates:
         assert target.handoff is not None
@@ -107,6 +124,12 @@ def hand_off(batch: list[Accepted], candidates: list[Target],
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
 ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# After a round of accepting, the listener rests this long before the next round. Under a
+# stream of new connections this turns one master wake-up (and context switch) per connection
+# into one per window, which is most of what the hand-off costs on a small machine; a
+# connection arriving after a quiet spell is still accepted at once. See benchmarks/RESULTS.md.
+ACCEPT_WINDOW = 0.0005
+RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try again this soon
 
 
 class Dispatcher:
@@ -127,11 +150,21 @@ class Dispatcher:
         self.waiting: deque[Accepted] = deque()
         self.accepting = False
         self.stopped = False
+        self.resting_until = 0.0  # monotonic time the listener rests until (ACCEPT_WINDOW)
 
     @property
     def paused(self) -> bool:
-        """Connections wait for a worker, or accepting failed: the master retries each pass."""
+        """Not accepting for now (resting, connections wait for a worker, or accepting
+        failed): the master calls :meth:`retry` each pass, by :meth:`next_deadline`."""
         return not self.stopped and not self.accepting
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`retry` has something to do; None while accepting normally."""
+        if not self.paused:
+            return None
+        if self.waiting or not self.resting_until:
+            return time.monotonic() + RETRY_AFTER
+        return self.resting_until
 
     def start(self) -> None:
         self._accept_more(True)
@@ -146,14 +179,17 @@ class Dispatcher:
 
     def close_waiting(self) -> None:
         for item in self.waiting:
-            item.sock.close()
+            os.close(item.fd)
         self.waiting.clear()
 
     def on_readable(self, listener: Any, _mask: int) -> None:
         batch: list[Accepted] = []
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, address = listener.accept()
+                # The bare descriptor: socket.accept() would wrap it in a socket object (and
+                # convert its family and type to enums) only for the master to drop it after the
+                # hand-off, a fifth of the master's time per connection.
+                fd, address = listener._accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -163,11 +199,15 @@ class Dispatcher:
                 if exc.errno not in ACCEPT_PAUSE_ERRORS:
                     raise
                 log.warning("accept failed: %s; retrying shortly", exc)
-                self._accept_more(False)  # the loop's next pass (at most a tick) resumes
+                self.resting_until = 0.0
+                self._accept_more(False)  # retry() resumes after RETRY_AFTER
                 break
-            batch.append(Accepted(conn, ipc.encode_peer(address)))
+            batch.append(Accepted(fd, ipc.encode_peer(address)))
         if batch:
             self._dispatch(batch)
+            if self.accepting:
+                self.resting_until = time.monotonic() + ACCEPT_WINDOW
+                self._accept_more(False)
 
     def _dispatch(self, batch: list[Accepted]) -> None:
         """Choose a worker for each connection, then pass each worker its share in one
@@ -186,24 +226,25 @@ class Dispatcher:
         for order, items in shares.values():
             if hand_off(items, order, self.on_gone):
                 for item in items:
-                    item.sock.close()
+                    os.close(item.fd)
             else:
                 self._wait(items)
 
     def _wait(self, items: list[Accepted]) -> None:
         """No worker can take these now: hold them, and stop accepting until one can."""
         self.waiting.extend(items)
+        self.resting_until = 0.0
         self._accept_more(False)
 
     def retry(self) -> None:
-        """Hand off what waits; accept again once nothing does."""
+        """Hand off what waits; accept again once nothing does and the rest is over."""
         while self.waiting:
             item = self.waiting[0]
             if not hand_off([item], self.chooser.order(self.live()), self.on_gone):
                 break
             self.waiting.popleft()
-            item.sock.close()
-        if not self.waiting and not self.stopped:
+            os.close(item.fd)
+        if not self.waiting and not self.stopped and time.monotonic() >= self.resting_until:
             self._accept_more(True)
 
     def _accept_more(self, on: bool) -> None:

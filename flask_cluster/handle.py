@@ -40,10 +40,14 @@ class WorkerHandle:
         self.renewing = False  # a successor is on its way
 
     @property
+    def untaken(self) -> int:
+        """Connections passed to it that it has not taken yet."""
+        return max(0, self.sent - self.scoreboard.get(self.slot, RECEIVED))
+
+    @property
     def in_flight(self) -> int:
         """Requests in progress, plus connections passed to it that it has not taken yet."""
-        pending = self.sent - self.scoreboard.get(self.slot, RECEIVED)
-        return self.scoreboard.get(self.slot, IN_FLIGHT) + max(0, pending)
+        return self.scoreboard.get(self.slot, IN_FLIGHT) + self.untaken
 
     @property
     def connections(self) -> int:

@@ -174,12 +174,11 @@ class Master:
             self._kill_all(signal.SIGKILL)
 
     def _next_timeout(self) -> float:
-        if self.dispatcher is not None and self.dispatcher.paused:
-            return 0.01  # retry the hand-off soon
         deadlines = [self._next_housekeeping, *self.respawn_at.values()]
-        gather = self.broker.next_deadline()
-        if gather is not None:
-            deadlines.append(gather)
+        for deadline in (self.broker.next_deadline(),
+                         self.dispatcher.next_deadline() if self.dispatcher else None):
+            if deadline is not None:
+                deadlines.append(deadline)
         return max(0.0, min(deadlines) - time.monotonic())
 
     # -- workers ------------------------------------------------------------------------------

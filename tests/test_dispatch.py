@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import selectors
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ class Worker:
     received: list[socket.socket] = field(default_factory=list)
     connections: int = 0
     passed: int = 0
+
+    @property
+    def untaken(self) -> int:
+        return self.passed - len(self.received)
 
     def handed(self, count: int) -> None:
         self.passed += count
@@ -81,6 +86,27 @@ def test_round_robin_is_even_over_many_connections() -> None:
     assert firsts == {0: 100, 1: 100, 2: 100, 3: 100}
 
 
+def test_round_robin_passes_over_a_worker_that_has_not_taken_its_last_connection() -> None:
+    ready = [Worker(0), Worker(1, passed=1), Worker(2)]  # worker 1's loop is busy
+    turns = RoundRobin()
+    assert ids(turns.order(ready)) == [0, 1, 2]
+
+    assert ids(turns.order(ready)) == [2, 1, 0]  # 1's turn, but it is behind: 2 first
+    assert ids(turns.order(ready)) == [0, 1, 2]  # the turn goes on after the one chosen
+
+    ready[1].passed = 0  # it caught up
+    assert ids(turns.order(ready)) == [1, 2, 0]
+
+
+def test_round_robin_takes_plain_turns_when_every_worker_is_behind() -> None:
+    ready = [Worker(0, passed=3), Worker(1, passed=1)]
+    turns = RoundRobin()
+
+    orders = [ids(turns.order(ready)) for _ in range(3)]
+
+    assert orders == [[0, 1], [1, 0], [0, 1]]
+
+
 def test_round_robin_survives_workers_coming_and_going() -> None:
     turns = RoundRobin()
     assert turns.order([]) == []
@@ -128,7 +154,7 @@ def test_chooser_by_balance_mode() -> None:
 def test_hand_off_passes_a_working_connection(workers: list[Worker]) -> None:
     client, server_side = socket.socketpair()
     with client, server_side:
-        assert hand_off([Accepted(server_side, b"")], [workers[1], workers[0]], on_gone=pytest.fail)
+        assert hand_off([Accepted(server_side.fileno(), b"")], [workers[1], workers[0]], on_gone=pytest.fail)
 
         [passed] = workers[1].receive()
         assert workers[0].receive() == []
@@ -153,7 +179,7 @@ def test_hand_off_skips_a_full_worker_and_a_dead_one(monkeypatch: pytest.MonkeyP
     gone: list[Worker] = []
     client, server_side = socket.socketpair()
     with client, server_side:
-        assert hand_off([Accepted(server_side, b"")], [full, dead, free], on_gone=gone.append)
+        assert hand_off([Accepted(server_side.fileno(), b"")], [full, dead, free], on_gone=gone.append)
 
     assert tried == [0, 1, 2]
     assert gone == [dead]
@@ -166,7 +192,7 @@ def test_hand_off_fails_when_nobody_can_take_it(workers: list[Worker]) -> None:
         worker.end.close()  # every worker died
     client, server_side = socket.socketpair()
     with client, server_side:
-        assert not hand_off([Accepted(server_side, b"")], list(workers), on_gone=gone.append)
+        assert not hand_off([Accepted(server_side.fileno(), b"")], list(workers), on_gone=gone.append)
 
     assert gone == workers
 
@@ -182,9 +208,16 @@ def listener() -> Iterator[socket.socket]:
     sock.close()
 
 
-def run_once(selector: selectors.BaseSelector, timeout: float = 2.0) -> None:
+def run_once(selector: selectors.BaseSelector, dispatcher: Dispatcher, timeout: float = 2.0
+             ) -> None:
+    """One pass of the master's loop, as far as the dispatcher is concerned."""
+    deadline = dispatcher.next_deadline()
+    if deadline is not None:
+        timeout = min(timeout, max(0.0, deadline - time.monotonic()))
     for key, mask in selector.select(timeout):
         key.data(key.fileobj, mask)
+    if dispatcher.paused:
+        dispatcher.retry()
 
 
 def test_dispatcher_hands_connections_out_in_turn(listener: socket.socket,
@@ -196,16 +229,43 @@ def test_dispatcher_hands_connections_out_in_turn(listener: socket.socket,
         try:
             received: list[int] = []
             while len(received) < 4:
-                run_once(selector)
+                run_once(selector, dispatcher)
                 for worker in workers:
                     received += [worker.worker_id] * len(worker.receive())
 
             assert received.count(0) == 2 and received.count(1) == 1 and received.count(2) == 1
             assert not dispatcher.waiting
-            assert not dispatcher.paused
+            while dispatcher.paused:  # resting after the last round, for at most ACCEPT_WINDOW
+                run_once(selector, dispatcher)
         finally:
             for client in clients:
                 client.close()
+
+
+def test_listener_rests_between_rounds_of_accepting(monkeypatch: pytest.MonkeyPatch,
+                                                    listener: socket.socket,
+                                                    workers: list[Worker]) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: clock[0])
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: workers, pytest.fail)
+        dispatcher.start()
+        with socket.create_connection(listener.getsockname()):
+            for key, mask in selector.select(2.0):
+                key.data(key.fileobj, mask)
+
+            assert sum(len(worker.receive()) for worker in workers) == 1  # accepted at once
+            assert dispatcher.paused  # then the listener rests...
+            assert listener not in [key.fileobj for key in selector.get_map().values()]
+            assert dispatcher.next_deadline() == 1000.0 + dispatch.ACCEPT_WINDOW
+            clock[0] += dispatch.ACCEPT_WINDOW / 2
+            dispatcher.retry()
+            assert dispatcher.paused
+            clock[0] += dispatch.ACCEPT_WINDOW / 2
+            dispatcher.retry()  # ...until the window is over
+            assert not dispatcher.paused
+            assert dispatcher.next_deadline() is None
+            assert listener in [key.fileobj for key in selector.get_map().values()]
 
 
 def test_dispatcher_holds_a_connection_until_a_worker_is_ready(listener: socket.socket,
@@ -215,7 +275,7 @@ def test_dispatcher_holds_a_connection_until_a_worker_is_ready(listener: socket.
         dispatcher = Dispatcher(listener, selector, "least-busy", lambda: live, pytest.fail)
         dispatcher.start()
         with socket.create_connection(listener.getsockname()) as client:
-            run_once(selector)
+            run_once(selector, dispatcher)
             assert len(dispatcher.waiting) == 1
             assert dispatcher.paused  # the listener is left to the kernel's backlog
             assert listener not in [key.fileobj for key in selector.get_map().values()]
@@ -247,7 +307,7 @@ def test_dispatcher_reports_a_dead_worker_and_uses_another(listener: socket.sock
         dispatcher = Dispatcher(listener, selector, "round-robin", lambda: live, lost)  # type: ignore[arg-type]
         dispatcher.start()
         with socket.create_connection(listener.getsockname()):
-            run_once(selector)
+            run_once(selector, dispatcher)
 
             assert gone == [dead]
             assert len(alive.receive()) == 1
@@ -258,7 +318,7 @@ def test_dispatcher_stop_closes_what_no_worker_took(listener: socket.socket) -> 
         dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [], pytest.fail)
         dispatcher.start()
         with socket.create_connection(listener.getsockname()) as client:
-            run_once(selector)
+            run_once(selector, dispatcher)
             assert len(dispatcher.waiting) == 1
 
             dispatcher.stop()
@@ -273,7 +333,7 @@ class FailingListener:
     def __init__(self, error: OSError) -> None:
         self.error = error
 
-    def accept(self) -> tuple[socket.socket, object]:
+    def _accept(self) -> tuple[int, object]:
         raise self.error
 
 
