@@ -175,7 +175,8 @@ class Response:
     """
 
     __slots__ = ("sink", "keep_alive", "head", "version", "status", "status_code", "headers",
-                 "headers_sent", "chunked", "remaining", "held", "body_bytes")
+                 "headers_sent", "chunked", "remaining", "held", "body_bytes", "unframed",
+                 "bodyless")
 
     def __init__(self, sink: Sink, request: Request) -> None:
         self.sink = sink
@@ -190,6 +191,11 @@ class Response:
         self.remaining = -1  # bytes still due under the app's Content-Length; -1: not declared
         self.held: bytes | None = None
         self.body_bytes = 0  # for the access log
+        # Set with the status. unframed: 204 and 304 have no body, so no length or chunking
+        # is added. bodyless: no body bytes go out (those two, and every answer to HEAD),
+        # whatever Content-Length says: it is the length a GET would get.
+        self.unframed = False
+        self.bodyless = self.head
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
@@ -207,9 +213,14 @@ class Response:
             raise ResponseError(f"invalid status {status!r}") from None
         if len(status) < 4 or status[3] != " " or code < 100:
             raise ResponseError(f"invalid status {status!r}")
+        if code < 200:
+            # 1xx is interim (RFC 9110 15.2): the client would keep waiting for the response.
+            raise ResponseError(f"status {status!r} is interim, not a response")
         self.status = status
         self.status_code = code
         self.headers = headers
+        self.unframed = code in NO_BODY_STATUS
+        self.bodyless = self.head or self.unframed
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -236,16 +247,11 @@ class Response:
                 self._send_body(held)
         if self.chunked:
             self.sink(b"0\r\n\r\n")
-        elif self.remaining > 0 and not self._bodyless():
+        elif self.remaining > 0 and not self.bodyless:
             self.keep_alive = False  # the app sent less than it declared: the framing is broken
 
-    def _bodyless(self) -> bool:
-        """No body goes out, whatever Content-Length says (it is the length a GET would get)."""
-        code = self.status_code
-        return self.head or code in NO_BODY_STATUS or code < 200
-
     def _send_body(self, data: bytes) -> None:
-        if self.head or self.status_code in NO_BODY_STATUS:
+        if self.bodyless:
             return
         self.body_bytes += len(data)
         if self.chunked:
@@ -272,7 +278,6 @@ class Response:
         """Send the header block; ``body_length`` is the whole body's size when known."""
         if self.status is None:
             raise ResponseError("the app did not call start_response")
-        code = self.status_code
         lines = [f"HTTP/1.1 {self.status}\r\n"]
         has_date = False
         for name, value in self.headers:
@@ -283,7 +288,7 @@ class Response:
                 except ValueError:
                     raise ResponseError(f"invalid Content-Length {value!r}") from None
                 if body_length is not None and body_length < self.remaining \
-                        and not self._bodyless():
+                        and not self.bodyless:
                     self.keep_alive = False  # the body will fall short of what is declared
             elif lower == "date":
                 has_date = True
@@ -294,8 +299,7 @@ class Response:
             lines.append(f"{name}: {value}\r\n")
         if not has_date:
             lines.append(date_header.get())
-        bodyless = code in NO_BODY_STATUS or code < 200
-        if self.remaining < 0 and not bodyless:
+        if self.remaining < 0 and not self.unframed:
             if body_length is not None:
                 lines.append(f"Content-Length: {body_length}\r\n")
                 self.remaining = body_length

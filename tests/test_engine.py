@@ -696,6 +696,25 @@ def test_unsendable_header_gives_500(make_server: Callable[..., Server], threads
         assert reply.status == 500
 
 
+def test_interim_status_from_the_app_gives_500(make_server: Callable[..., Server],
+                                               threads: int) -> None:
+    """A 1xx is not a response: sent as one, with its body unframed, the client would wait for
+    the real response and misread the body. A 500 instead, and the connection goes on."""
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/early":
+            start_response("103 Early Hints", [("Link", "</style.css>; rel=preload")])
+            return [b"not a response"]
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = make_server(app, threads=threads)
+    with server.client() as client:
+        assert client.request("GET", "/early").status == 500
+        reply = client.request("GET", "/")
+        assert (reply.status, reply.body) == (200, b"ok")
+    assert server.crashed is None
+
+
 def test_unsendable_header_with_a_file_does_not_kill_the_loop(make_server: Callable[..., Server],
                                                                threads: int, tmp_path: Path) -> None:
     """With threads 1 the headers of a file response are sent on the loop: a refusal there must

@@ -510,6 +510,32 @@ def test_invalid_status_raises(status: str) -> None:
         Response(Wire(), parse(get())).start_response(status, [])
 
 
+@pytest.mark.parametrize("status", ["100 Continue", "101 Switching Protocols", "103 Early Hints"])
+def test_interim_status_is_not_a_response(status: str) -> None:
+    wire = Wire()
+    with pytest.raises(ResponseError, match="interim"):
+        Response(wire, parse(get())).start_response(status, [])
+    assert wire.raw == b""
+
+
+@pytest.mark.parametrize(("method", "status", "framing"), [
+    (b"GET", "204 No Content", b""), (b"GET", "304 Not Modified", b""),
+    (b"HEAD", "200 OK", b"Content-Length: 4\r\n"), (b"GET", "200 OK", b"Content-Length: 4\r\n"),
+])
+def test_body_goes_out_only_where_one_may(method: bytes, status: str, framing: bytes) -> None:
+    wire = Wire()
+    response = Response(wire, parse(b"%s / HTTP/1.1\r\nHost: x\r\n\r\n" % method))
+    response.start_response(status, [])
+    response.write(b"body")
+    response.finish()
+
+    head, _, body = wire.raw.partition(b"\r\n\r\n")
+    assert body == (b"body" if method == b"GET" and status == "200 OK" else b"")
+    assert (b"Content-Length" in head or b"chunked" in head) == bool(framing)
+    assert framing in head + b"\r\n"
+    assert response.keep_alive
+
+
 def test_invalid_content_length_from_the_app_raises() -> None:
     response = Response(Wire(), parse(get()))
     response.start_response("200 OK", [("Content-Length", "ten")])
