@@ -71,8 +71,8 @@ cluster_run = click.Command(
 
 # -- cluster-ctl ----------------------------------------------------------------------------------
 
-STATUS_COLUMNS = ("worker_id", "pid", "state", "uptime", "requests", "in_flight", "rss_mib",
-                  "restarts")
+STATUS_COLUMNS = ("worker_id", "pid", "state", "uptime", "requests", "in_flight", "untaken",
+                  "rss_mib", "restarts")
 
 
 @click.group("cluster-ctl")

@@ -177,6 +177,17 @@ class Dispatcher:
         self.retry()
         self.close_waiting()
 
+    def take_back(self, passed: list[tuple[int, bytes]]) -> None:
+        """Connections passed to a worker that died before taking them: another worker gets
+        them (their clients have lost nothing but time); closed only if none can."""
+        items = [Accepted(fd, peer) for fd, peer in passed]
+        if not self.stopped:
+            self._dispatch(items)
+            return
+        self.waiting.extend(items)
+        self.retry()
+        self.close_waiting()
+
     def close_waiting(self) -> None:
         for item in self.waiting:
             os.close(item.fd)

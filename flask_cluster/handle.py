@@ -23,6 +23,9 @@ class WorkerHandle:
         self.pid = pid
         self.channel = channel
         self.handoff = handoff
+        # The master's copy of the worker's end of the hand-off channel: what the worker never
+        # took can be taken back once it is dead (see Master._take_back).
+        self.reclaim: socket.socket | None = None
         self.scoreboard = scoreboard
         # booting -> ready -> retiring (told to finish and exit); "gone" once it is known to be
         # dead or stuck but not yet reaped. Only "ready" workers get connections and messages.

@@ -2,9 +2,11 @@
 
 Two socket pairs per worker, made before the fork:
 
-* the **hand-off** channel, ``AF_UNIX``/``SOCK_SEQPACKET``: the master passes each accepted
-  connection's file descriptor (``SCM_RIGHTS`` via :func:`socket.send_fds`), one per packet, so
-  packet boundaries keep descriptors and messages apart;
+* the **hand-off** channel, ``AF_UNIX``/``SOCK_SEQPACKET``: the master passes accepted
+  connections' file descriptors (``SCM_RIGHTS`` via :func:`socket.send_fds`), a batch per
+  packet with the peers' addresses as its data. The master keeps a copy of the worker's end
+  too, so that connections a dead worker never took can be taken back and served by another;
+
 * the **message** channel, ``AF_UNIX``/``SOCK_STREAM`` (what :func:`multiprocessing.Pipe` is on
   POSIX, used directly so both ends can be non-blocking): frames of a 4-byte big-endian length and
   a pickled envelope ``(kind, args)``. Envelopes hold only builtins; user data travels inside
@@ -160,11 +162,10 @@ def send_connections(channel: socket.socket, fds: list[int], peers: list[bytes])
     return True
 
 
-def receive_connections(channel: socket.socket, limit: int, family: socket.AddressFamily
-                        ) -> list[tuple[socket.socket, Peer]]:
-    """Connections passed by the master, from up to ``limit`` packets; :class:`ChannelClosed`
-    if it is gone and nothing came before that."""
-    connections: list[tuple[socket.socket, Peer]] = []
+def receive_passed(channel: socket.socket, limit: int) -> list[tuple[int, bytes]]:
+    """Descriptors passed by :func:`send_connections` and each one's peer as sent, from up to
+    ``limit`` packets; :class:`ChannelClosed` if the sender is gone and nothing came before."""
+    passed: list[tuple[int, bytes]] = []
     for _ in range(limit):
         try:
             data, fds, _flags, _addr = socket.recv_fds(channel, 64 * MAX_FDS_PER_PACKET,
@@ -172,17 +173,26 @@ def receive_connections(channel: socket.socket, limit: int, family: socket.Addre
         except BlockingIOError:
             break
         except OSError as exc:
-            if connections:
-                break  # these are ours to serve; the next call reports the master gone
+            if passed:
+                break  # these are ours to serve; the next call reports the sender gone
             raise ChannelClosed(str(exc)) from exc
         if not data and not fds:
-            if connections:
-                break  # these are ours to serve; the next call reports the master gone
+            if passed:
+                break  # these are ours to serve; the next call reports the sender gone
             raise ChannelClosed("end of stream")
         peers = data.split(b"\n")
-        for index, fd in enumerate(fds):
-            peer = peers[index] if index < len(peers) else b""
-            host, _, port = peer.decode("latin-1").partition(" ")
-            # family and type given: socket() would otherwise ask the kernel for both
-            connections.append((socket.socket(family, socket.SOCK_STREAM, 0, fd), (host, port)))
+        passed += [(fd, peers[index] if index < len(peers) else b"")
+                   for index, fd in enumerate(fds)]
+    return passed
+
+
+def receive_connections(channel: socket.socket, limit: int, family: socket.AddressFamily
+                        ) -> list[tuple[socket.socket, Peer]]:
+    """Connections passed by the master, from up to ``limit`` packets; :class:`ChannelClosed`
+    if it is gone and nothing came before that."""
+    connections: list[tuple[socket.socket, Peer]] = []
+    for fd, peer in receive_passed(channel, limit):
+        host, _, port = peer.decode("latin-1").partition(" ")
+        # family and type given: socket() would otherwise ask the kernel for both
+        connections.append((socket.socket(family, socket.SOCK_STREAM, 0, fd), (host, port)))
     return connections

@@ -209,11 +209,11 @@ class Master:
                                 if config.balance == "shared" else {worker_msg, worker_fd},
                                 drop=[master_msg, master_fd])
         worker_msg.close()
-        if self._master_accepts:
-            worker_fd.close()
         self.scoreboard.set(slot, 0, pid)
         handle = WorkerHandle(worker_id, slot, pid, ipc.MessageChannel(master_msg),
                               master_fd if self._master_accepts else None, self.scoreboard)
+        if self._master_accepts:
+            handle.reclaim = worker_fd
         self.workers[pid] = handle
         handle.on_event = self._on_channel(handle)
         self.selector.register(master_msg, selectors.EVENT_READ, handle.on_event)
@@ -232,6 +232,7 @@ class Master:
             for handle in self.workers.values():
                 handle.channel.close()
                 close_quietly(handle.handoff)
+                close_quietly(handle.reclaim)
             if self.dispatcher is not None:
                 self.dispatcher.close_waiting()  # our copies; the master hands them on
             if self.listener not in keep:
@@ -562,10 +563,29 @@ class Master:
             if handle is not None:
                 self._exited(handle, status)
 
+    def _take_back(self, handle: WorkerHandle) -> None:
+        """Connections passed to a worker that is now dead but never taken by it (it was hung,
+        killed, or crashed) go to the other workers instead of being reset."""
+        if handle.reclaim is None:
+            return
+        passed: list[tuple[int, bytes]] = []
+        try:
+            while batch := ipc.receive_passed(handle.reclaim, 64):
+                passed += batch
+        except ipc.ChannelClosed:
+            pass  # no end of stream while our end is open: an error, and nothing more to take
+        close_quietly(handle.reclaim)
+        handle.reclaim = None
+        if passed and self.dispatcher is not None:
+            log.info("%s left %d connection(s) it never took: passing them on", handle,
+                     len(passed))
+            self.dispatcher.take_back(passed)
+
     def _exited(self, handle: WorkerHandle, status: int) -> None:
         self._last_words(handle)
         self._unwatch(handle)
         handle.channel.close()
+        self._take_back(handle)
         close_quietly(handle.handoff)
         self.broker.worker_gone(handle)
         lived = time.monotonic() - handle.started
@@ -679,6 +699,7 @@ class Master:
                 "uptime": round(now - handle.started, 1),
                 "requests": self.scoreboard.get(handle.slot, REQUESTS),
                 "in_flight": self.scoreboard.get(handle.slot, IN_FLIGHT),
+                "untaken": handle.untaken,
                 "rss_mib": round(self.scoreboard.get(handle.slot, RSS_KIB) / 1024, 1),
                 "restarts": handle.restarts,
             })

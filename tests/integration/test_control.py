@@ -24,8 +24,8 @@ from tests.ops_apps.client import cluster_in, ctl, ctl_ok, status
 
 OPS = "tests.ops_apps.ops"
 NOBODY = 65534
-WORKER_FIELDS = {"worker_id", "pid", "state", "uptime", "requests", "in_flight", "rss_mib",
-                 "restarts"}
+WORKER_FIELDS = {"worker_id", "pid", "state", "uptime", "requests", "in_flight", "untaken",
+                 "rss_mib", "restarts"}
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 
 
@@ -110,13 +110,14 @@ def test_status_broadcast_and_stop(start_cluster: StartCluster, tmp_path: Path) 
         assert worker["pid"] == cluster.ready_pids[worker["worker_id"]]
         assert worker["state"] == "ready"
         assert worker["uptime"] >= 0 and worker["restarts"] == 0 and worker["in_flight"] == 0
+        assert worker["untaken"] == 0  # idle workers took every connection passed to them
         assert 5 < worker["rss_mib"] < 500
     assert sum(w["requests"] for w in state["workers"]) == 6
 
     table = ctl_ok("status", control_socket=sock).splitlines()
     assert table[0].startswith(f"master {cluster.master_pid}  {OPS} on {cluster.address}")
     assert table[1].split() == ["worker_id", "pid", "state", "uptime", "requests", "in_flight",
-                                "rss_mib", "restarts"]
+                                "untaken", "rss_mib", "restarts"]
     rows = [line.split() for line in table[2:]]
     assert [(row[0], row[1], row[2]) for row in rows] == \
         [(str(wid), str(pid), "ready") for wid, pid in sorted(cluster.ready_pids.items())]

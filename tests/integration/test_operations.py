@@ -208,10 +208,10 @@ def test_hung_worker_is_replaced_while_the_other_keeps_serving(
         start_cluster: StartCluster, threads: int) -> None:
     cluster = start_cluster(OPS, "--timeout", str(TIMEOUT), "--threads", str(threads), workers=2)
     spin_conn = cluster.connection(timeout=30)
-    # Short client timeouts: with one thread a hung worker cannot answer what it was handed.
+    # With one thread the hung worker takes no more connections: those passed to it before
+    # it was passed over wait until it is killed, then the master passes them on.
     with contextlib.closing(spin_conn), \
-            Load(cluster, "/worker", new=2, keep=1 if threads > 1 else 0,
-                 timeout=15.0 if threads > 1 else 1.0) as load:
+            Load(cluster, "/worker", new=2, keep=1 if threads > 1 else 0, timeout=20.0) as load:
         load.wait_for_more(20)
         spin_conn.request("GET", "/spin")
         spin = wait_until(lambda: re.search(r"spin-start worker (\d+) pid (\d+)", cluster.log()),
@@ -239,7 +239,7 @@ def test_hung_worker_is_replaced_while_the_other_keeps_serving(
         # The stuck thread's worker served its other requests until it was replaced.
         assert "a request has been running for" in cluster.log()
         assert served_before and load.served_by().get(hung_pid, 0) > 0
-        assert_no_failed_request(load)
+    assert_no_failed_request(load)
 
 
 def test_stuck_request_thread_is_noticed_one_timeout_after_it_started(

@@ -8,10 +8,12 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Reply, StartCluster, alive, group_members, wait_until
+from tests.ops_apps.client import status
 
 
 @pytest.mark.parametrize("balance", ["round-robin", "least-busy", "shared", "reuseport"])
@@ -69,6 +71,37 @@ def test_killed_worker_is_replaced_and_no_request_fails(start_cluster: StartClus
     assert {(r[2], r[3]) for r in after} == {(0, replacement), (1, cluster.ready_pids[1])}
     assert sorted(cluster.worker_pids()) == sorted([replacement, cluster.ready_pids[1]])
     assert f"worker 0 (pid {victim}) died" in cluster.log()
+
+
+@pytest.mark.parametrize("balance", ["round-robin", "least-busy"])
+def test_connections_a_dead_worker_never_took_go_to_another(start_cluster: StartCluster,
+                                                            tmp_path: Path, balance: str) -> None:
+    """A frozen worker takes nothing off its hand-off channel; the connections passed to it
+    before it was passed over are taken back when it is killed, and served by the other."""
+    ctl = tmp_path / "ctl"
+    cluster = start_cluster("tests.apps.basic", "--balance", balance, "--control-socket",
+                            str(ctl), workers=2)
+    frozen, other = cluster.ready_pids[0], cluster.ready_pids[1]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        # At once: its heartbeat is fresh for 1 s more, so it is still handed connections.
+        with ThreadPoolExecutor(6) as pool:
+            replies = [pool.submit(cluster.get_json, "/worker", timeout=30) for _ in range(6)]
+            untaken = wait_until(lambda: untaken_by(ctl, frozen), 15,
+                                 message="a connection passed to the frozen worker")
+            os.kill(frozen, signal.SIGKILL)  # ends a stopped process too
+            served_by = [reply.result(timeout=30)["pid"] for reply in replies]
+    finally:
+        if alive(frozen):
+            os.kill(frozen, signal.SIGKILL)
+    assert len(served_by) == 6 and frozen not in served_by and other in served_by
+    assert f"(pid {frozen}) left {untaken} connection(s) it never took" in cluster.log()
+
+
+def untaken_by(control_socket: Path, pid: int) -> int:
+    """Connections the master passed to worker ``pid`` that it has not taken (0 if none)."""
+    return sum(worker["untaken"] for worker in status(control_socket)["workers"]
+               if worker["pid"] == pid)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
