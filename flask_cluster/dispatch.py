@@ -177,9 +177,20 @@ class Dispatcher:
         self.retry()
         self.close_waiting()
 
-    def take_back(self, passed: list[tuple[int, bytes]]) -> None:
-        """Connections passed to a worker that died before taking them: another worker gets
-        them (their clients have lost nothing but time); closed only if none can."""
+    def take_back(self, worker: Target, reclaim: socket.socket) -> None:
+        """Connections passed to ``worker``, now dead, that it never took (it was hung, killed
+        or crashed): read back from ``reclaim``, the master's copy of the worker's end of the
+        hand-off channel, and passed to another worker instead of being reset. Their clients
+        lose nothing but time; they are closed only if no worker can take them."""
+        passed: list[tuple[int, bytes]] = []
+        try:
+            while batch := ipc.receive_passed(reclaim, 64):
+                passed += batch
+        except ipc.ChannelClosed:
+            pass  # no end of stream while the master's end is open: an error; nothing more
+        if not passed:
+            return
+        log.info("%s left %d connection(s) it never took: passing them on", worker, len(passed))
         items = [Accepted(fd, peer) for fd, peer in passed]
         if not self.stopped:
             self._dispatch(items)

@@ -21,7 +21,8 @@ from typing import Any
 
 from . import ipc
 from .backoff import Backoff
-from .broker import MAX_WORKER_BACKLOG, Broker
+from .broker import Broker
+from .channels import WorkerChannels
 from .config import Config
 from .control import ControlError, ControlServer, control_path, execute
 from .cpus import usable_cpus
@@ -51,7 +52,6 @@ KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
 MEMORY_CHECK_INTERVAL = 1.0
 HOUSEKEEPING = 0.1  # seconds between checks of timers, heartbeats, memory and deadlines
 RESPONSIVE_MS = 1500  # a worker's loop beats every 0.5 s; older than this, it is busy
-BEHIND_GRACE = 1.0  # seconds a worker may stay more than MAX_WORKER_BACKLOG behind
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
@@ -78,8 +78,8 @@ class Master:
         self._next_housekeeping = 0.0
         self._reap_due = False  # SIGCHLD came: reap on this pass
         self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
-        self.broker = Broker(self._send_to)
-        self._unflushed: set[WorkerHandle] = set()
+        self.channels = WorkerChannels(self.selector, self._on_message, self._replace)
+        self.broker = Broker(self.channels.send)
         self.respawn_at: dict[int, float] = {}  # worker_id -> when to spawn it again
         self.backoff = Backoff()
         self._restarts: dict[int, int] = {}  # worker_id -> restarts so far, for status
@@ -161,8 +161,8 @@ class Master:
             # thousands of times a second, and none of this needs that.
             self._next_housekeeping = now + HOUSEKEEPING
             self._housekeeping(now)
-        if self._unflushed:
-            self._flush_channels()
+        if self.channels.unflushed:
+            self.channels.flush_all()
 
     def _housekeeping(self, now: float) -> None:
         self._check_workers(now)
@@ -215,8 +215,7 @@ class Master:
         if self._master_accepts:
             handle.reclaim = worker_fd
         self.workers[pid] = handle
-        handle.on_event = self._on_channel(handle)
-        self.selector.register(master_msg, selectors.EVENT_READ, handle.on_event)
+        self.channels.watch(handle)
         return handle
 
     def _become_worker(self, worker: Worker, keep: set[socket.socket],
@@ -272,32 +271,16 @@ class Master:
                       if self.scoreboard.get(handle.slot, HEARTBEAT_MS) >= fresh_after]
         return responsive or live
 
-    def _on_channel(self, handle: WorkerHandle) -> Callable[[Any, int], None]:
-        def on_event(_sock: Any, mask: int) -> None:
-            if mask & selectors.EVENT_WRITE:
-                self._flush(handle)
-            if mask & selectors.EVENT_READ:
-                self._read_channel(handle)
-
-        return on_event
-
-    def _read_channel(self, handle: WorkerHandle) -> None:
-        try:
-            frames = handle.channel.receive()
-        except ipc.ChannelClosed:
-            self._unwatch(handle)
-            return
-        for frame in frames:
-            kind, args = ipc.decode(frame)
-            if kind == ipc.READY:
-                self._ready(handle)
-            elif kind == ipc.BOOT_FAILED:
-                handle.boot_error = args[0]
-            elif kind == ipc.RETIRE:
-                log.info("%s served its --max-requests: replacing it", handle)
-                self._renew(handle)
-            else:  # booting (start hooks) and retiring workers may send and ask too
-                self.broker.receive(handle, kind, args, self._live)
+    def _on_message(self, handle: WorkerHandle, kind: str, args: tuple[Any, ...]) -> None:
+        if kind == ipc.READY:
+            self._ready(handle)
+        elif kind == ipc.BOOT_FAILED:
+            handle.boot_error = args[0]
+        elif kind == ipc.RETIRE:
+            log.info("%s served its --max-requests: replacing it", handle)
+            self._renew(handle)
+        else:  # booting (start hooks) and retiring workers may send and ask too
+            self.broker.receive(handle, kind, args, self._live)
 
     def _ready(self, handle: WorkerHandle) -> None:
         handle.state = "ready"
@@ -308,58 +291,6 @@ class Master:
         if self.reload_queue and self.reload_queue[0] == handle.worker_id:
             self.reload_queue.popleft()
             self._continue_reload()
-
-    def _send_to(self, peer: Any, frame: bytes) -> None:
-        handle: WorkerHandle = peer
-        channel = handle.channel
-        channel.queue(frame)
-        self._unflushed.add(handle)  # written once per loop pass, not once per message
-
-    def _flush_channels(self) -> None:
-        unflushed, self._unflushed = self._unflushed, set()
-        for handle in unflushed:
-            self._flush(handle)
-
-    def _flush(self, handle: WorkerHandle) -> None:
-        try:
-            done = handle.channel.flush()
-        except ipc.ChannelClosed:
-            self._unwatch(handle)
-            return
-        self._check_backlog(handle)
-        if handle.wants_write == done:  # changed: tell the selector
-            handle.wants_write = not done
-            events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
-            try:
-                self.selector.modify(handle.channel.sock, events, handle.on_event)
-            except (KeyError, ValueError):
-                pass
-
-    def _check_backlog(self, handle: WorkerHandle) -> None:
-        """A worker that stays more than MAX_WORKER_BACKLOG bytes behind on messages is stuck.
-
-        One large message (a big gather answer) may exceed the bound for a moment; only a
-        backlog that lasts, or grows far beyond the bound, gets the worker replaced.
-        """
-        pending = handle.channel.pending
-        if pending <= MAX_WORKER_BACKLOG:
-            handle.behind_since = None
-            return
-        now = time.monotonic()
-        if handle.behind_since is None:
-            handle.behind_since = now
-        if pending > 4 * MAX_WORKER_BACKLOG or now - handle.behind_since > BEHIND_GRACE:
-            log.error("%s is %d bytes behind on messages: treating it as stuck and replacing it",
-                      handle, pending)
-            handle.behind_since = None
-            self._replace(handle)
-
-    def _unwatch(self, handle: WorkerHandle) -> None:
-        self._unflushed.discard(handle)
-        try:
-            self.selector.unregister(handle.channel.sock)
-        except (KeyError, ValueError):
-            pass
 
     def _lost(self, target: Any) -> None:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
@@ -520,7 +451,7 @@ class Master:
             if check_memory:
                 self._check_memory(handle)
             if handle.behind_since is not None:
-                self._check_backlog(handle)
+                self.channels.check_backlog(handle)
             if handle.kill_at is not None and now >= handle.kill_at:
                 log.warning("%s did not stop in time: SIGKILL", handle)
                 self._signal(handle, signal.SIGKILL)
@@ -563,29 +494,15 @@ class Master:
             if handle is not None:
                 self._exited(handle, status)
 
-    def _take_back(self, handle: WorkerHandle) -> None:
-        """Connections passed to a worker that is now dead but never taken by it (it was hung,
-        killed, or crashed) go to the other workers instead of being reset."""
-        if handle.reclaim is None:
-            return
-        passed: list[tuple[int, bytes]] = []
-        try:
-            while batch := ipc.receive_passed(handle.reclaim, 64):
-                passed += batch
-        except ipc.ChannelClosed:
-            pass  # no end of stream while our end is open: an error, and nothing more to take
-        close_quietly(handle.reclaim)
-        handle.reclaim = None
-        if passed and self.dispatcher is not None:
-            log.info("%s left %d connection(s) it never took: passing them on", handle,
-                     len(passed))
-            self.dispatcher.take_back(passed)
-
     def _exited(self, handle: WorkerHandle, status: int) -> None:
         self._last_words(handle)
-        self._unwatch(handle)
+        self.channels.unwatch(handle)
         handle.channel.close()
-        self._take_back(handle)
+        if handle.reclaim is not None:
+            if self.dispatcher is not None:
+                self.dispatcher.take_back(handle, handle.reclaim)
+            close_quietly(handle.reclaim)
+            handle.reclaim = None
         close_quietly(handle.handoff)
         self.broker.worker_gone(handle)
         lived = time.monotonic() - handle.started

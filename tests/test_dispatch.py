@@ -313,6 +313,33 @@ def test_dispatcher_reports_a_dead_worker_and_uses_another(listener: socket.sock
             assert len(alive.receive()) == 1
 
 
+def test_connections_a_dead_worker_never_took_go_to_another(listener: socket.socket,
+                                                            workers: list[Worker]) -> None:
+    dead, alive = workers[0], workers[1]
+    live = [dead]
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: live, pytest.fail)
+        dispatcher.start()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        try:
+            while dead.untaken < 3:
+                run_once(selector, dispatcher)
+            live[:] = [alive]  # it died without taking them; its end is still open here
+            assert dead.end is not None
+
+            dispatcher.take_back(dead, dead.end)
+
+            taken = alive.receive()
+            assert len(taken) == 3
+            for client in clients:
+                client.sendall(b"hi")
+            assert sorted(passed.recv(2) for passed in taken) == [b"hi"] * 3
+            assert dead.receive() == []  # nothing left behind
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_dispatcher_stop_closes_what_no_worker_took(listener: socket.socket) -> None:
     with selectors.DefaultSelector() as selector:
         dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [], pytest.fail)
