@@ -126,8 +126,9 @@ ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not st
 ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # After a round of accepting, the listener rests this long before the next round. Under a
 # stream of new connections this turns one master wake-up (and context switch) per connection
-# into one per window, which is most of what the hand-off costs on a small machine; a
-# connection arriving after a quiet spell is still accepted at once. See benchmarks/RESULTS.md.
+# into one per window; a connection arriving after a quiet spell is still accepted at once.
+# Together with passing over busy workers (RoundRobin) it brought round-robin level with
+# shared on connection-per-request loads; 0 or 1 ms did worse (benchmarks/RESULTS.md).
 ACCEPT_WINDOW = 0.0005
 RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try again this soon
 
