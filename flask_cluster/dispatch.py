@@ -15,7 +15,8 @@ import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from . import ipc
@@ -58,6 +59,9 @@ class Accepted(NamedTuple):
     peer: bytes
 
 
+NONE_ASSIGNED: Mapping[int, int] = MappingProxyType({})
+
+
 class RoundRobin:
     """The next ready worker in turn, as Node's cluster module does.
 
@@ -71,8 +75,12 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def order(self, ready: Sequence[Target]) -> list[Target]:
-        """Every ready worker, the one chosen first, then the rest in turn."""
+    def order(self, ready: Sequence[Target], assigned: Mapping[int, int] = NONE_ASSIGNED
+              ) -> list[Target]:
+        """Every ready worker, the one chosen first, then the rest in turn. ``assigned`` (what
+        this batch already gave each worker) is not counted: a worker that has taken all it
+        was passed gets the next connection of the batch too, as it is the one with room;
+        spreading the batch to a busy worker measured 17 % slower with Connection: close."""
         if not ready:
             return []
         start = self._next % len(ready)
@@ -89,15 +97,23 @@ class LeastBusy:
     def __init__(self) -> None:
         self._last = -1  # worker id of the last first choice
 
-    def order(self, ready: Sequence[Target]) -> list[Target]:
+    def order(self, ready: Sequence[Target], assigned: Mapping[int, int] = NONE_ASSIGNED
+              ) -> list[Target]:
+        """Every ready worker, least busy first. ``assigned``: connections of the current
+        batch already given to each worker id, counted as in flight and open."""
         if not ready:
             return []
         span = max(target.worker_id for target in ready) + 1
         last = self._last
+
         # Requests in flight first, then open connections: a burst of new keep-alive
         # connections spreads out even before their first requests arrive.
-        ranked = sorted(ready, key=lambda target: (target.in_flight, target.connections,
-                                                   (target.worker_id - last - 1) % span))
+        def load(target: Target) -> tuple[int, int, int]:
+            extra = assigned.get(target.worker_id, 0)
+            return (target.in_flight + extra, target.connections + extra,
+                    (target.worker_id - last - 1) % span)
+
+        ranked = sorted(ready, key=load)
         self._last = ranked[0].worker_id
         return ranked
 
@@ -240,12 +256,15 @@ class Dispatcher:
             return
         live = self.live()
         shares: dict[int, tuple[list[Target], list[Accepted]]] = {}
+        assigned: dict[int, int] = {}  # so the choices within a batch see each other
         for item in batch:
-            order = self.chooser.order(live)
+            order = self.chooser.order(live, assigned)
             if not order:
                 self._wait(batch[batch.index(item):])
                 break
-            shares.setdefault(order[0].worker_id, (order, []))[1].append(item)
+            worker_id = order[0].worker_id
+            shares.setdefault(worker_id, (order, []))[1].append(item)
+            assigned[worker_id] = assigned.get(worker_id, 0) + 1
         for order, items in shares.values():
             if hand_off(items, order, self.on_gone):
                 for item in items:

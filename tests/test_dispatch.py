@@ -107,6 +107,35 @@ def test_round_robin_takes_plain_turns_when_every_worker_is_behind() -> None:
     assert orders == [[0, 1], [1, 0], [0, 1]]
 
 
+def test_round_robin_gives_a_whole_batch_to_the_worker_with_room() -> None:
+    ready = [Worker(0), Worker(1, passed=1)]  # worker 1 is behind
+    turns = RoundRobin()
+
+    firsts = []
+    assigned: dict[int, int] = {}
+    for _ in range(4):
+        first = turns.order(ready, assigned)[0].worker_id
+        assigned[first] = assigned.get(first, 0) + 1
+        firsts.append(first)
+
+    assert firsts == [0, 0, 0, 0]  # not queued behind the busy one (see RoundRobin.order)
+
+
+def test_least_busy_counts_what_this_batch_already_gave() -> None:
+    ready = [Worker(0), Worker(1), Worker(2, in_flight=1)]
+    turns = LeastBusy()
+
+    firsts = []
+    assigned: dict[int, int] = {}
+    for _ in range(5):
+        first = turns.order(ready, assigned)[0].worker_id
+        assigned[first] = assigned.get(first, 0) + 1
+        firsts.append(first)
+
+    # The idle ones first, then worker 2 once they have one each from this batch, then turns.
+    assert firsts == [0, 1, 2, 0, 1]
+
+
 def test_round_robin_survives_workers_coming_and_going() -> None:
     turns = RoundRobin()
     assert turns.order([]) == []
@@ -237,6 +266,25 @@ def test_dispatcher_hands_connections_out_in_turn(listener: socket.socket,
             assert not dispatcher.waiting
             while dispatcher.paused:  # resting after the last round, for at most ACCEPT_WINDOW
                 run_once(selector, dispatcher)
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_least_busy_spreads_a_burst_accepted_in_one_round(listener: socket.socket,
+                                                          workers: list[Worker]) -> None:
+    idle, busy = workers[0], workers[1]
+    busy.in_flight = 1
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "least-busy", lambda: [idle, busy],
+                                pytest.fail)
+        dispatcher.start()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(4)]
+        try:
+            run_once(selector, dispatcher)  # all four in one round: they are in the backlog
+
+            # Not all four to the idle one: each counts as in flight once given.
+            assert (len(idle.receive()), len(busy.receive())) == (2, 2)
         finally:
             for client in clients:
                 client.close()
