@@ -140,12 +140,12 @@ def hand_off(batch: list[Accepted], candidates: list[Target],
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
 ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# After a round of accepting, the listener rests this long before the next round. Under a
-# stream of new connections this turns one master wake-up (and context switch) per connection
-# into one per window; a connection arriving after a quiet spell is still accepted at once.
-# Together with passing over busy workers (RoundRobin) it brought round-robin level with
-# shared on connection-per-request loads; 0 or 1 ms did worse (benchmarks/RESULTS.md).
-ACCEPT_WINDOW = 0.0005
+# While every worker is behind (has connections it has not taken), the listener rests this
+# long after a round of accepting: the next connections could not be served sooner anyway,
+# and one master wake-up per round instead of per connection is most of what the hand-off
+# costs under a stream of connects. Never while a worker waits for work: at low concurrency
+# that only added latency (benchmarks/RESULTS.md). 1 ms: epoll waits in whole milliseconds.
+ACCEPT_WINDOW = 0.001
 RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try again this soon
 
 
@@ -242,11 +242,16 @@ class Dispatcher:
                 self._accept_more(False)  # retry() resumes after RETRY_AFTER
                 break
             batch.append(Accepted(fd, ipc.encode_peer(address)))
-        if batch:
-            self._dispatch(batch)
-            if self.accepting:
-                self.resting_until = time.monotonic() + ACCEPT_WINDOW
-                self._accept_more(False)
+        if not batch:
+            return
+        # Every worker still has connections it has not taken: these could not be served
+        # sooner anyway, so the listener may rest (never when a worker is waiting for work:
+        # that would only add latency).
+        saturated = all(target.untaken for target in self.live())
+        self._dispatch(batch)
+        if saturated and self.accepting:
+            self.resting_until = time.monotonic() + ACCEPT_WINDOW
+            self._accept_more(False)
 
     def _dispatch(self, batch: list[Accepted]) -> None:
         """Choose a worker for each connection, then pass each worker its share in one

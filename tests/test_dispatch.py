@@ -290,11 +290,12 @@ def test_least_busy_spreads_a_burst_accepted_in_one_round(listener: socket.socke
                 client.close()
 
 
-def test_listener_rests_between_rounds_of_accepting(monkeypatch: pytest.MonkeyPatch,
-                                                    listener: socket.socket,
-                                                    workers: list[Worker]) -> None:
+def test_listener_rests_between_rounds_while_every_worker_is_behind(
+        monkeypatch: pytest.MonkeyPatch, listener: socket.socket, workers: list[Worker]) -> None:
     clock = [1000.0]
     monkeypatch.setattr(dispatch.time, "monotonic", lambda: clock[0])
+    for worker in workers:
+        worker.passed = 1  # each has a connection it has not taken yet: all busy
     with selectors.DefaultSelector() as selector:
         dispatcher = Dispatcher(listener, selector, "round-robin", lambda: workers, pytest.fail)
         dispatcher.start()
@@ -313,6 +314,21 @@ def test_listener_rests_between_rounds_of_accepting(monkeypatch: pytest.MonkeyPa
             dispatcher.retry()  # ...until the window is over
             assert not dispatcher.paused
             assert dispatcher.next_deadline() is None
+            assert listener in [key.fileobj for key in selector.get_map().values()]
+
+
+def test_listener_does_not_rest_while_a_worker_waits_for_work(listener: socket.socket,
+                                                              workers: list[Worker]) -> None:
+    workers[0].passed = 1  # busy; the others have taken everything
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: workers, pytest.fail)
+        dispatcher.start()
+        with socket.create_connection(listener.getsockname()):
+            for key, mask in selector.select(2.0):
+                key.data(key.fileobj, mask)
+
+            assert sum(len(worker.receive()) for worker in workers) == 1
+            assert not dispatcher.paused  # resting would only delay the next connection
             assert listener in [key.fileobj for key in selector.get_map().values()]
 
 
