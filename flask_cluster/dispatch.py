@@ -62,18 +62,28 @@ class Accepted(NamedTuple):
 NONE_ASSIGNED: Mapping[int, int] = MappingProxyType({})
 
 
+def behind(target: Target, serving_blocks: bool) -> bool:
+    """``target`` cannot take a connection now: it has not taken the last ones it was passed,
+    or (``serving_blocks``: with ``--threads 1`` its loop runs the app) it is serving a
+    request. A worker that hangs in a view is behind from its first second, not only once
+    its heartbeat goes stale."""
+    return bool(target.untaken or (serving_blocks and target.in_flight))
+
+
 class RoundRobin:
     """The next ready worker in turn, as Node's cluster module does.
 
     Like Node's, which passes a worker its next connection only once the worker has taken the
-    last one, a worker that has not yet taken what it was passed (its loop is busy) is passed
-    over for the next one in turn that has: otherwise the connection would wait behind a busy
-    worker while another sits idle. When every worker is behind, plain turns. The turn then
-    continues after the worker chosen, so turns stay even.
+    last one, a worker that is :func:`behind` (has not taken what it was passed, or with
+    ``--threads 1`` is serving a request) is passed over for the next one in turn that is not:
+    otherwise the connection would wait behind a busy worker while another sits idle. When
+    every worker is behind, plain turns. The turn then continues after the worker chosen, so
+    turns stay even.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, serving_blocks: bool = False) -> None:
         self._next = 0
+        self.serving_blocks = serving_blocks
 
     def order(self, ready: Sequence[Target], assigned: Mapping[int, int] = NONE_ASSIGNED
               ) -> list[Target]:
@@ -85,7 +95,8 @@ class RoundRobin:
             return []
         start = self._next % len(ready)
         in_turn = [*ready[start:], *ready[:start]]
-        chosen = next((index for index, target in enumerate(in_turn) if not target.untaken), 0)
+        chosen = next((index for index, target in enumerate(in_turn)
+                       if not behind(target, self.serving_blocks)), 0)
         self._next = start + chosen + 1
         return [in_turn[chosen], *in_turn[:chosen], *in_turn[chosen + 1:]]
 
@@ -118,8 +129,8 @@ class LeastBusy:
         return ranked
 
 
-def chooser(balance: str) -> RoundRobin | LeastBusy:
-    return LeastBusy() if balance == "least-busy" else RoundRobin()
+def chooser(balance: str, serving_blocks: bool = False) -> RoundRobin | LeastBusy:
+    return LeastBusy() if balance == "least-busy" else RoundRobin(serving_blocks)
 
 
 def hand_off(batch: list[Accepted], candidates: list[Target],
@@ -158,10 +169,12 @@ class Dispatcher:
     """
 
     def __init__(self, listener: socket.socket, selector: selectors.BaseSelector, balance: str,
-                 live: Callable[[], Sequence[Target]], on_gone: Callable[[Target], None]) -> None:
+                 live: Callable[[], Sequence[Target]], on_gone: Callable[[Target], None],
+                 serving_blocks: bool = False) -> None:
         self.listener = listener
         self.selector = selector
-        self.chooser = chooser(balance)
+        self.serving_blocks = serving_blocks  # --threads 1: a worker serving takes nothing
+        self.chooser = chooser(balance, serving_blocks)
         self.live = live
         self.on_gone = on_gone
         self.waiting: deque[Accepted] = deque()
@@ -247,7 +260,7 @@ class Dispatcher:
         # Every worker still has connections it has not taken: these could not be served
         # sooner anyway, so the listener may rest (never when a worker is waiting for work:
         # that would only add latency).
-        saturated = all(target.untaken for target in self.live())
+        saturated = all(behind(target, self.serving_blocks) for target in self.live())
         self._dispatch(batch)
         if saturated and self.accepting:
             self.resting_until = time.monotonic() + ACCEPT_WINDOW

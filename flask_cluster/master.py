@@ -116,7 +116,8 @@ class Master:
         self._install_signals()
         if self._master_accepts:
             self.dispatcher = Dispatcher(self.listener, self.selector, config.balance,
-                                         self._dispatchable, self._lost)
+                                         self._dispatchable, self._lost,
+                                         serving_blocks=config.threads == 1)
             self.dispatcher.start()
         self.scoreboard.worker_count = self.target
         for worker_id in range(self.target):

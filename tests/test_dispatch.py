@@ -98,6 +98,15 @@ def test_round_robin_passes_over_a_worker_that_has_not_taken_its_last_connection
     assert ids(turns.order(ready)) == [1, 2, 0]
 
 
+def test_round_robin_with_one_thread_passes_over_a_worker_serving_a_request() -> None:
+    """With --threads 1 a worker inside a view takes nothing until the view returns (or never,
+    if it hangs there), even though it took every connection it was passed."""
+    ready = [Worker(0, in_flight=1), Worker(1)]
+
+    assert ids(RoundRobin(serving_blocks=True).order(ready)) == [1, 0]
+    assert ids(RoundRobin(serving_blocks=False).order(ready)) == [0, 1]  # threads take it
+
+
 def test_round_robin_takes_plain_turns_when_every_worker_is_behind() -> None:
     ready = [Worker(0, passed=3), Worker(1, passed=1)]
     turns = RoundRobin()
