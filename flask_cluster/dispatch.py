@@ -223,7 +223,7 @@ class Dispatcher:
         log.info("%s left %d connection(s) it never took: passing them on", worker, len(passed))
         items = [Accepted(fd, peer) for fd, peer in passed]
         if not self.stopped:
-            self._dispatch(items)
+            self._dispatch(items, self.live())
             return
         self.waiting.extend(items)
         self.retry()
@@ -260,19 +260,20 @@ class Dispatcher:
         # Every worker still has connections it has not taken: these could not be served
         # sooner anyway, so the listener may rest (never when a worker is waiting for work:
         # that would only add latency).
-        saturated = all(behind(target, self.serving_blocks) for target in self.live())
-        self._dispatch(batch)
+        live = self.live()
+        saturated = all(behind(target, self.serving_blocks) for target in live)
+        self._dispatch(batch, live)
         if saturated and self.accepting:
             self.resting_until = time.monotonic() + ACCEPT_WINDOW
             self._accept_more(False)
 
-    def _dispatch(self, batch: list[Accepted]) -> None:
-        """Choose a worker for each connection, then pass each worker its share in one
-        packet: a burst of connects costs one ``sendmsg`` per worker, not per connection."""
+    def _dispatch(self, batch: list[Accepted], live: Sequence[Target]) -> None:
+        """Choose a worker among ``live`` for each connection, then pass each worker its share
+        in one packet: a burst of connects costs one ``sendmsg`` per worker, not per
+        connection."""
         if self.waiting:
             self._wait(batch)
             return
-        live = self.live()
         shares: dict[int, tuple[list[Target], list[Accepted]]] = {}
         assigned: dict[int, int] = {}  # so the choices within a batch see each other
         for item in batch:

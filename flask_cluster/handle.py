@@ -24,7 +24,7 @@ class WorkerHandle:
         self.channel = channel
         self.handoff = handoff
         # The master's copy of the worker's end of the hand-off channel: what the worker never
-        # took can be taken back once it is dead (see Master._take_back).
+        # took can be taken back once it is dead (see Dispatcher.take_back).
         self.reclaim: socket.socket | None = None
         self.scoreboard = scoreboard
         # booting -> ready -> retiring (told to finish and exit); "gone" once it is known to be

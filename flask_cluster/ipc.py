@@ -6,7 +6,6 @@ Two socket pairs per worker, made before the fork:
   connections' file descriptors (``SCM_RIGHTS`` via :func:`socket.send_fds`), a batch per
   packet with the peers' addresses as its data. The master keeps a copy of the worker's end
   too, so that connections a dead worker never took can be taken back and served by another;
-
 * the **message** channel, ``AF_UNIX``/``SOCK_STREAM`` (what :func:`multiprocessing.Pipe` is on
   POSIX, used directly so both ends can be non-blocking): frames of a 4-byte big-endian length and
   a pickled envelope ``(kind, args)``. Envelopes hold only builtins; user data travels inside

@@ -116,30 +116,31 @@ def test_round_robin_takes_plain_turns_when_every_worker_is_behind() -> None:
     assert orders == [[0, 1], [1, 0], [0, 1]]
 
 
-def test_round_robin_gives_a_whole_batch_to_the_worker_with_room() -> None:
-    ready = [Worker(0), Worker(1, passed=1)]  # worker 1 is behind
-    turns = RoundRobin()
-
+def first_choices_in_one_batch(turns: RoundRobin | LeastBusy, ready: list[Worker],
+                               count: int) -> list[int]:
+    """The worker chosen for each of ``count`` connections accepted together, counting each
+    choice as Dispatcher._dispatch does."""
     firsts = []
     assigned: dict[int, int] = {}
-    for _ in range(4):
+    for _ in range(count):
         first = turns.order(ready, assigned)[0].worker_id
         assigned[first] = assigned.get(first, 0) + 1
         firsts.append(first)
+    return firsts
+
+
+def test_round_robin_gives_a_whole_batch_to_the_worker_with_room() -> None:
+    ready = [Worker(0), Worker(1, passed=1)]  # worker 1 is behind
+
+    firsts = first_choices_in_one_batch(RoundRobin(), ready, 4)
 
     assert firsts == [0, 0, 0, 0]  # not queued behind the busy one (see RoundRobin.order)
 
 
 def test_least_busy_counts_what_this_batch_already_gave() -> None:
     ready = [Worker(0), Worker(1), Worker(2, in_flight=1)]
-    turns = LeastBusy()
 
-    firsts = []
-    assigned: dict[int, int] = {}
-    for _ in range(5):
-        first = turns.order(ready, assigned)[0].worker_id
-        assigned[first] = assigned.get(first, 0) + 1
-        firsts.append(first)
+    firsts = first_choices_in_one_batch(LeastBusy(), ready, 5)
 
     # The idle ones first, then worker 2 once they have one each from this batch, then turns.
     assert firsts == [0, 1, 2, 0, 1]
