@@ -79,6 +79,8 @@ class Config:
                                       type=click.IntRange(64))
     limit_request_fields: int = setting(100, "Most header fields in a request (431 above).",
                                         type=click.IntRange(1))
+    limit_request_field_size: int = setting(8190, "Largest single header field (name and value) "
+                                            "in bytes (431 above).", type=click.IntRange(64))
     limit_request_header_bytes: int = setting(65536, "Largest header block in bytes (431 above).",
                                               type=click.IntRange(256))
     max_body: int = setting(0, "Largest request body in bytes (413 above; 0: no limit). Bodies "

@@ -6,17 +6,21 @@ the engine serves one request of a connection at a time and the next only when i
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-from .protocol import HTTPError, RequestParser
+from .errors import HTTPError
+from .protocol import RequestParser
 from .wsgi import error_response
 
 if TYPE_CHECKING:
     from .engine import Engine
+
+log = logging.getLogger("flask_cluster.worker")
 
 READ_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024  # stop producing body chunks while this much waits for the client
@@ -98,8 +102,15 @@ class Connection:
 
     def after_requests(self) -> None:
         """Called by the engine when every parsed request is answered."""
-        if self.error is not None and not self.closing:
-            self.push(error_response(self.error.status, self.error.reason, keep_alive=False))
+        error = self.error
+        if error is not None and not self.closing:
+            if error.status >= 500 and error.status not in (501, 505):
+                log.error("request from %s:%s failed before the app: %s", self.remote_addr,
+                          self.remote_port, error.detail, exc_info=error)
+            else:
+                log.info("refused a request from %s:%s: %d %s", self.remote_addr,
+                         self.remote_port, error.status, error.detail)
+            self.push(error_response(error.status, error.reason, keep_alive=False))
             self.closing = True
 
     def time_out(self) -> None:

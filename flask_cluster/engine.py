@@ -23,6 +23,7 @@ from typing import Any
 
 from .access import STARTED, AccessLog
 from .connection import HIGH_WATER, Connection, TLSConnection
+from .errors import ServerFault
 from .exchange import InlineExchange, ThreadedExchange, file_to_send
 from .listeners import ACCEPT_SKIP_ERRORS, no_delay
 from .protocol import Limits, Request
@@ -232,11 +233,14 @@ class Engine:
             request = requests.popleft()
             if self.stopping:
                 request.keep_alive = False
+            environ = self._prepare(conn, request)
+            if environ is None:
+                break
             self.on_request(1)
             if self.pool is None:
-                self._start_inline(conn, request)
+                self._start_inline(conn, request, environ)
             else:
-                exchange = ThreadedExchange(self, conn, request)
+                exchange = ThreadedExchange(self, conn, request, environ)
                 conn.current = exchange
                 self.busy.add(exchange)
                 self.pool.submit(exchange.run)
@@ -244,9 +248,22 @@ class Engine:
             conn.after_requests()
         conn.flush()
 
-    def _start_inline(self, conn: Connection, request: Request) -> None:
+    def _prepare(self, conn: Connection, request: Request) -> dict[str, Any] | None:
+        """The request's environ, built on the loop thread whatever the thread count, so that a
+        failure here is met in one place: answered 500, logged, the connection closed after
+        what it already has. None when it failed."""
+        try:
+            return self.environ_for(conn, request)
+        except Exception as exc:
+            fault = ServerFault(f"cannot prepare {request.method!r} {request.url!r}: {exc!r}")
+            fault.__cause__ = exc
+            conn.error = fault
+            conn.parser.requests.clear()
+            request.body.close()
+            return None
+
+    def _start_inline(self, conn: Connection, request: Request, environ: dict[str, Any]) -> None:
         response = Response(conn.push, request)
-        environ = self.environ_for(conn, request)
         try:
             app_iter = self.app(environ, response.start_response)
         except Exception:
@@ -455,14 +472,36 @@ class Engine:
         for key, mask in self.selector.select(timeout):
             target = key.data
             if isinstance(target, Connection):
-                if mask & selectors.EVENT_READ:
-                    target.on_readable()
-                if mask & selectors.EVENT_WRITE and not target.closed:
-                    target.on_writable()
+                try:
+                    if mask & selectors.EVENT_READ:
+                        target.on_readable()
+                    if mask & selectors.EVENT_WRITE and not target.closed:
+                        target.on_writable()
+                except Exception:
+                    self._connection_failed(target)
             else:
                 target()
         for callback in self.idle_callbacks:
             callback()
+
+    def _connection_failed(self, conn: Connection) -> None:
+        """The last line of the invariant that no client can kill a worker: an error of ours
+        that escaped a connection's handlers ends that connection only, with a 500 when no
+        response of it has started, and a traceback in the log."""
+        log.exception("internal error on the connection from %s:%s; closing it",
+                      conn.remote_addr, conn.remote_port)
+        if conn.closed:
+            return
+        try:
+            if conn.current is None and not conn.out and conn.file is None:
+                conn.sock.send(error_response(500, "Internal Server Error", keep_alive=False))
+        except OSError:
+            pass
+        try:
+            conn.close()
+        except Exception:
+            log.exception("error closing the connection from %s:%s", conn.remote_addr,
+                          conn.remote_port)
 
     def _housekeeping(self, now: float) -> None:
         for callback in self.tick_callbacks:

@@ -45,7 +45,8 @@ class ThreadedExchange:
                  "aborted", "file", "queued", "environ", "started", "waiting", "settled")
     paused = False  # its pool thread produces the body; the loop only transfers it
 
-    def __init__(self, engine: Engine, conn: Connection, request: Request) -> None:
+    def __init__(self, engine: Engine, conn: Connection, request: Request,
+                 environ: dict[str, Any]) -> None:
         self.engine = engine
         self.conn = conn
         self.request = request
@@ -57,7 +58,7 @@ class ThreadedExchange:
         self.aborted = False  # the connection died: stop producing
         self.file: tuple[int, int, int] | None = None
         self.queued = False  # already in the loop's wake queue
-        self.environ: dict[str, Any] = {}
+        self.environ = environ
         self.started = time.monotonic()
         self.waiting = False  # blocked until the client reads: not the app's fault
         self.settled = False  # its end was counted (on_request(-1)) and its iterable closed
@@ -78,7 +79,6 @@ class ThreadedExchange:
     def run(self) -> None:
         engine = self.engine
         try:
-            self.environ = engine.environ_for(self.conn, self.request)
             engine.produce(self, self.environ, self.response)
         finally:
             with self.cond:

@@ -14,52 +14,20 @@ from typing import IO
 
 import httptools
 
-
-class HTTPError(Exception):
-    """A request we refuse; ``status`` is the response to send before closing the connection."""
-
-    status = 400
-    reason = "Bad Request"
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(detail or self.reason)
-        self.detail = detail or self.reason
-
-
-class BadRequest(HTTPError):
-    pass
-
-
-class PayloadTooLarge(HTTPError):
-    status = 413
-    reason = "Content Too Large"
-
-
-class URITooLong(HTTPError):
-    status = 414
-    reason = "URI Too Long"
-
-
-class HeadersTooLarge(HTTPError):
-    status = 431
-    reason = "Request Header Fields Too Large"
-
-
-class ExpectationFailed(HTTPError):
-    status = 417
-    reason = "Expectation Failed"
-
-
-class NotImplementedMethod(HTTPError):
-    status = 501
-    reason = "Not Implemented"
-
-
-class UnsupportedTransferCoding(HTTPError):
-    """RFC 9112 6.1: a transfer coding we cannot decode (llhttp only knows chunked)."""
-
-    status = 501
-    reason = "Not Implemented"
+from .chunked import ChunkedBody
+from .errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadersTooLarge,
+    HTTPError,
+    NotImplementedMethod,
+    PayloadTooLarge,
+    ServerFault,
+    UnsupportedTransferCoding,
+    URITooLong,
+    VersionNotSupported,
+)
+from .target import split_target
 
 
 @dataclass(frozen=True)
@@ -68,18 +36,22 @@ class Limits:
 
     max_url: int = 8190
     max_header_bytes: int = 64 * 1024
+    max_field: int = 8190  # one header field, name and value (nginx's and gunicorn's 8 KiB)
     max_headers: int = 100
     max_body: int = 0  # 0: unlimited
     spool_threshold: int = 1024 * 1024  # bodies above this go to a temporary file
 
 
 class Request:
-    """One complete request, as the parser saw it."""
+    """One complete request, as the parser saw it; ``path``, ``query`` and ``authority`` are the
+    target split by :func:`~flask_cluster.target.split_target`."""
 
-    __slots__ = ("method", "url", "version", "headers", "body", "keep_alive", "expect_continue")
+    __slots__ = ("method", "url", "version", "headers", "body", "keep_alive", "expect_continue",
+                 "path", "query", "authority")
 
     def __init__(self, method: bytes, url: bytes, version: str, headers: list[tuple[bytes, bytes]],
-                 body: IO[bytes], keep_alive: bool, expect_continue: bool) -> None:
+                 body: IO[bytes], keep_alive: bool, expect_continue: bool, path: bytes,
+                 query: bytes, authority: bytes | None) -> None:
         self.method = method
         self.url = url
         self.version = version
@@ -87,6 +59,41 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
+        self.path = path
+        self.query = query
+        self.authority = authority
+
+
+def _known_methods() -> frozenset[bytes]:
+    """The methods llhttp parses itself; it refuses any other token, which RFC 9110 9.1 allows
+    (``PURGE``, ``-BLARGH``): those are fed to it as ``GET`` and reported as sent."""
+    class Quiet:
+        pass
+
+    known = set()
+    for method in (b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND "
+                   b"PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT "
+                   b"MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK "
+                   b"SOURCE QUERY").split():
+        try:
+            httptools.HttpRequestParser(Quiet()).feed_data(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            continue
+        known.add(method)
+    return frozenset(known)
+
+
+KNOWN_METHODS = _known_methods()
+TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+MAX_METHOD = 32  # bytes; a longer method gets 501 (as nginx does)
+END_OF_HEAD = b"\r\n\r\n"  # llhttp takes no bare LF, so this ends every head
+
+# Where the parser is in the byte stream. llhttp reads the head and Content-Length bodies; we
+# find where each head and body ends ourselves, so every request starts at a known byte: there
+# an unknown method can be replaced, and a chunked body taken over by ChunkedBody.
+_BETWEEN, _METHOD, _HEAD, _BODY, _CHUNKED, _UPGRADED = range(6)
 
 
 class _Body:
@@ -167,49 +174,128 @@ class RequestParser:
         self.continue_wanted = False  # a client waits for "100 Continue" before its body
         self.headers_complete = False  # of the request in progress
         self._parser = httptools.HttpRequestParser(self)
+        self._state = _BETWEEN
+        self._line = b""  # the start of a request line, held until its method is complete
+        self._method = b""  # as the client sent it (llhttp may have been given GET instead)
+        self._tail = b""  # the last bytes of the head so far, to find its end across feeds
+        self._head_fed = 0
+        self._body_left = 0  # Content-Length bytes still due
+        self._chunked: ChunkedBody | None = None
         self._url = b""
+        self._version = ""
+        self._target = split_target(b"GET", b"/")
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: _Body | None = None
         self._keep_alive = True
         self._expect_continue = False
         self._ignored_upgrade: _IgnoredUpgrade | None = None
-        self._messages = 0  # requests begun, to tell one request head from the next
-        self._head_fed = 0  # bytes of whole feeds that went into the current request head
 
     def feed(self, data: bytes) -> None:
-        """Parse ``data``; raises :class:`HTTPError` for a request that must be refused."""
-        in_head = self.in_progress and not self.headers_complete
-        messages = self._messages
+        """Parse ``data``; raises :class:`HTTPError` for a request that must be refused (and
+        :class:`ServerFault` for our own failure while reading it, such as a full disk)."""
         try:
-            if self._ignored_upgrade is not None:
-                self._ignored_upgrade.feed(data)
-                return
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                self._upgrade(data[exc.args[0]:])
+            self._feed(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HTTPError):
                 raise cause from None
+            if isinstance(cause, OSError):
+                raise ServerFault(f"cannot store the request body: {cause}") from cause
             raise BadRequest(str(exc)) from exc
         except httptools.HttpParserInvalidMethodError as exc:
             raise NotImplementedMethod(str(exc)) from exc
         except httptools.HttpParserError as exc:
+            if str(exc) == "Invalid HTTP version":  # a well-formed version with major > 1
+                raise VersionNotSupported(str(exc)) from exc
             raise BadRequest(str(exc)) from exc
-        if in_head and self.in_progress and not self.headers_complete and messages == self._messages:
-            # httptools buffers a header line until it ends before on_header sees it, so an
-            # endless line would grow without bound (and in quadratic time): count what went in.
+        except OSError as exc:  # spooling a body: the disk is ours, not the client's problem
+            raise ServerFault(f"cannot store the request body: {exc}") from exc
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            state = self._state
+            if state == _HEAD:
+                data = self._feed_head(data)
+            elif state == _BODY:
+                part, data = data[:self._body_left], data[self._body_left:]
+                self._body_left -= len(part)
+                self._to_llhttp(part, data)
+            elif state == _CHUNKED:
+                assert self._chunked is not None
+                data = self._chunked.feed(data)
+                if self._chunked.done:
+                    self._complete()
+            elif state == _UPGRADED:
+                if self._ignored_upgrade is not None:
+                    self._ignored_upgrade.feed(data)
+                return
+            else:
+                data = self._feed_method(data)
+
+    def _feed_method(self, data: bytes) -> bytes:
+        """At the start of a request: hold bytes until the method is whole, then start llhttp on
+        the request line, with ``GET`` standing in for a method llhttp does not know."""
+        if self._state == _BETWEEN:
+            data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request line
+            if not data:
+                return b""
+            self._state = _METHOD
+            self.in_progress = True
+            self.headers_complete = False
+        line = self._line + data
+        space = line.find(b" ", 0, MAX_METHOD + 1)
+        if space < 0:
+            self._refuse_method(line[:MAX_METHOD])  # at once: a TLS hello never has a space
+            if len(line) > MAX_METHOD:
+                raise NotImplementedMethod(f"method longer than {MAX_METHOD} bytes")
+            self._line = line
+            return b""
+        self._line = b""
+        method = self._method = line[:space]
+        if method not in KNOWN_METHODS:
+            self._refuse_method(method)
+            line = b"GET" + line[space:]
+        self._state = _HEAD
+        self._tail = b""
+        self._head_fed = 0
+        return line
+
+    @staticmethod
+    def _refuse_method(method: bytes) -> None:
+        if not method or not TOKEN.issuperset(method):
+            raise BadRequest("the method is not a token (RFC 9110 9.1)")
+
+    def _feed_head(self, data: bytes) -> bytes:
+        """Give llhttp the head up to its empty line; return what follows it."""
+        held = self._tail + data
+        end = held.find(END_OF_HEAD)
+        if end < 0:
             self._head_fed += len(data)
+            # llhttp buffers a header line until it ends before on_header sees it, so an endless
+            # line would grow without bound (and in quadratic time): count what went in.
             if self._head_fed > self.limits.max_url + self.limits.max_header_bytes + 1024:
                 raise HeadersTooLarge(f"request head larger than {self.limits.max_header_bytes} bytes")
+            self._tail = held[-3:]
+            self._to_llhttp(data, b"")
+            return b""
+        cut = end + len(END_OF_HEAD) - len(self._tail)
+        head, rest = data[:cut], data[cut:]
+        self._to_llhttp(head, rest)
+        return b"" if self._state == _UPGRADED else rest
+
+    def _to_llhttp(self, data: bytes, rest: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0]:] + rest)
 
     def _upgrade(self, rest: bytes) -> None:
+        self._state = _UPGRADED
         request = self.requests[-1]
         framing = [(name, value) for name, value in request.headers
                    if name.lower() in (b"content-length", b"transfer-encoding")]
-        if request.method == b"CONNECT" or not framing:
+        if not framing:
             self.upgraded = True  # nothing after the head is HTTP: answer it, then close
             return
         self.requests.pop()  # not complete until its body is in
@@ -220,10 +306,6 @@ class RequestParser:
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.in_progress = True
-        self.headers_complete = False
-        self._messages += 1
-        self._head_fed = 0
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -236,15 +318,15 @@ class RequestParser:
             raise URITooLong(f"request target longer than {self.limits.max_url} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise HeadersTooLarge(f"headers larger than {self.limits.max_header_bytes} bytes")
-        if self.headers_complete:
-            # A trailer field after a chunked body. RFC 9110 6.5.1: never merged into the header
-            # section (a trailer could otherwise add a second Host or a forged proxy header).
-            return
-        if len(self._headers) >= self.limits.max_headers:
-            raise HeadersTooLarge(f"more than {self.limits.max_headers} header fields")
+        size = len(name) + len(value) + 4
+        limits = self.limits
+        if size > limits.max_field + 4:
+            raise HeadersTooLarge(f"a header field is larger than {limits.max_field} bytes")
+        self._header_bytes += size
+        if self._header_bytes > limits.max_header_bytes:
+            raise HeadersTooLarge(f"headers larger than {limits.max_header_bytes} bytes")
+        if len(self._headers) >= limits.max_headers:
+            raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
         # llhttp drops the whitespace before a field value but keeps what follows it, which
         # RFC 9112 5.1 says is not part of the value.
         self._headers.append((name, value.rstrip(b" \t")))
@@ -252,11 +334,17 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self.headers_complete = True
         parser = self._parser
-        version = parser.get_http_version()
+        version = self._version = parser.get_http_version()
+        if version[:1] not in ("0", "1"):  # llhttp takes HTTP/2.0 as a version
+            if self._method == b"PRI":
+                raise BadRequest("an HTTP/2 connection preface: this server speaks HTTP/1.1")
+            raise VersionNotSupported(f"HTTP/{version} is not HTTP/1.x")
+        self._target = split_target(self._method, self._url)
         self._keep_alive = parser.should_keep_alive()
         hosts = 0
         expect: bytes | None = None
         codings: list[bytes] = []
+        length = 0
         # Lengths first: a cheap filter, as most fields are none of these.
         for name, value in self._headers:
             size = len(name)
@@ -265,14 +353,16 @@ class RequestParser:
             elif size == 6 and name.lower() == b"expect":
                 expect = value
             elif size == 14 and name.lower() == b"content-length":
-                # llhttp has checked the digits; refuse now rather than after max_body bytes,
-                # and never invite the body with "100 Continue".
-                if self.limits.max_body and int(value) > self.limits.max_body:
+                # llhttp has checked the digits (and refuses a second one); refuse now rather
+                # than after max_body bytes, and never invite the body with "100 Continue".
+                length = int(value)
+                if self.limits.max_body and length > self.limits.max_body:
                     raise PayloadTooLarge(f"declared body exceeds {self.limits.max_body} bytes")
             elif size == 17 and name.lower() == b"transfer-encoding":
                 codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise BadRequest("an HTTP/1.1 request needs exactly one Host field (RFC 9112 3.2)")
+        self._state = _BETWEEN  # llhttp completes a request without a body at once
         if codings:
             # RFC 9112 6.3: without chunked last the length is unknowable (400, as llhttp says);
             # 6.1: a coding before it that we cannot decode gets 501, not a still-coded body.
@@ -283,6 +373,12 @@ class RequestParser:
                 raise UnsupportedTransferCoding(f"unsupported transfer coding {unknown[0]!r}")
             if version == "1.0":
                 self._keep_alive = False  # RFC 9112 6.1: faulty framing, close after it
+            self._body = self._new_body()
+            self._chunked = ChunkedBody(self._body, self.limits.max_header_bytes)
+            self._state = _CHUNKED
+        elif length:
+            self._body_left = length
+            self._state = _BODY
         if expect is not None:
             if expect.lower() != b"100-continue":
                 raise ExpectationFailed(f"unsupported Expect: {expect!r}")
@@ -291,15 +387,27 @@ class RequestParser:
 
     def on_body(self, body: bytes) -> None:
         if self._body is None:
-            self._body = _Body(self.limits.spool_threshold, self.limits.max_body)
+            self._body = self._new_body()
         self._body.write(body)
 
     def on_message_complete(self) -> None:
-        parser = self._parser
+        if self._state != _CHUNKED:  # llhttp sees a chunked body's head only
+            self._complete()
+
+    def _new_body(self) -> _Body:
+        return _Body(self.limits.spool_threshold, self.limits.max_body)
+
+    def _complete(self) -> None:
         body = self._body.finish() if self._body is not None else io.BytesIO()
+        target = self._target
         self.requests.append(Request(
-            parser.get_method(), self._url, parser.get_http_version(), self._headers, body,
-            self._keep_alive, self._expect_continue,
+            self._method, self._url, self._version, self._headers, body, self._keep_alive,
+            self._expect_continue, target.path, target.query, target.authority,
         ))
         self.in_progress = False
         self._body = None
+        if self._chunked is not None:
+            # llhttp was left expecting the chunked body we read instead: start it afresh.
+            self._chunked = None
+            self._parser = httptools.HttpRequestParser(self)
+        self._state = _BETWEEN

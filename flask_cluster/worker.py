@@ -141,6 +141,7 @@ class Worker:
         tls = server_context(config.cert, config.key) if config.cert else None
         limits = Limits(max_url=config.limit_request_line,
                         max_header_bytes=config.limit_request_header_bytes,
+                        max_field=config.limit_request_field_size,
                         max_headers=config.limit_request_fields, max_body=config.max_body)
         engine = Engine(
             app, threads=config.threads, keep_alive=config.keep_alive, limits=limits,

@@ -15,8 +15,6 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-import httptools
-
 from .protocol import Request
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
@@ -69,21 +67,14 @@ def base_environ(server_name: str, server_port: str, *, scheme: str, multithread
 def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
                   remote_port: str) -> dict[str, Any]:
     environ = base.copy()
-    url = request.url
-    if url[:1] == b"/":
-        path, _, query = url.partition(b"?")
-    elif url == b"*":
-        path, query = b"*", b""
-    else:  # absolute-form, as sent to proxies
-        parsed = httptools.parse_url(url)
-        path, query = parsed.path or b"/", parsed.query or b""
+    path = request.path
     method = _methods.get(request.method)
     if method is None:
         method = _methods.setdefault(request.method, request.method.decode("latin-1"))
     environ["REQUEST_METHOD"] = method
     environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
-    environ["QUERY_STRING"] = query.decode("latin-1")
-    environ["RAW_URI"] = environ["REQUEST_URI"] = url.decode("latin-1")
+    environ["QUERY_STRING"] = request.query.decode("latin-1")
+    environ["RAW_URI"] = environ["REQUEST_URI"] = request.url.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     environ["REMOTE_ADDR"] = remote_addr
     environ["REMOTE_PORT"] = remote_port
@@ -96,6 +87,8 @@ def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
         if key in environ:
             text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
         environ[key] = text
+    if request.authority is not None:  # RFC 9112 3.2.2: an absolute-form target's host wins
+        environ["HTTP_HOST"] = request.authority.decode("latin-1")
     return environ
 
 

@@ -15,11 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_cluster.protocol import HTTPError, Limits, Request, RequestParser
+from flask_cluster.errors import HTTPError
+from flask_cluster.protocol import Limits, Request, RequestParser
 from tests.requests_cases import INVALID, VALID, Expected, Invalid, Valid
 
 SPLITS = ["whole", "bytewise", "seed-1", "seed-2", "seed-3", "seed-4"]
-STATUSES = {400, 413, 414, 417, 431, 501}
+STATUSES = {400, 413, 414, 417, 431, 501, 505}
 PROPERTY = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 

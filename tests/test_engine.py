@@ -34,7 +34,8 @@ import flask_cluster.engine
 from flask_cluster.access import AccessLog
 from flask_cluster.connection import HIGH_WATER, Connection
 from flask_cluster.engine import Engine
-from flask_cluster.protocol import HTTPError, Limits, RequestParser
+from flask_cluster.errors import HTTPError
+from flask_cluster.protocol import Limits, RequestParser
 from flask_cluster.wsgi import base_environ
 
 T = TypeVar("T")
@@ -609,7 +610,11 @@ def test_exception_after_headers_ends_the_connection(server: Server, state: AppS
 @pytest.mark.parametrize(("raw", "status"), [
     (b"GET / HTTP/1.1\r\nHost : test\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-    (b"BREW /pot HTTP/1.1\r\nHost: test\r\n\r\n", 501),
+    (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501),
+    (b"GET * HTTP/1.1\r\nHost: test\r\n\r\n", 400),
+    (b"GET http://a:99999/ HTTP/1.1\r\nHost: test\r\n\r\n", 400),
+    (b"GE(T / HTTP/1.1\r\nHost: test\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\nHost: test\r\n\r\n", 505),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n", 414),
     (b"GET / HTTP/1.1\r\n" + b"X-Header: value\r\n" * 200, 431),
     (b"POST / HTTP/1.1\r\nHost: test\r\nExpect: nonsense\r\n\r\n", 417),

@@ -11,17 +11,16 @@ import random
 
 import pytest
 
-from flask_cluster.protocol import (
+from flask_cluster.errors import (
     BadRequest,
     ExpectationFailed,
     HeadersTooLarge,
     HTTPError,
-    Limits,
     NotImplementedMethod,
     PayloadTooLarge,
-    RequestParser,
     URITooLong,
 )
+from flask_cluster.protocol import Limits, RequestParser
 
 SEEDS = [0, 1, 2, 3]
 
@@ -104,13 +103,12 @@ def test_requests_without_body_get_an_empty_stream() -> None:
     assert parser.requests[0].body.read() == b""
 
 
-def test_connect_switches_protocols_and_ends_the_http_stream() -> None:
+def test_connect_is_refused_as_not_implemented_before_its_tunnel_bytes() -> None:
     parser = RequestParser(Limits())
-    parser.feed(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n\x00\x01binary")
 
-    assert parser.upgraded
-    assert not parser.in_progress
-    assert parser.requests[0].method == b"CONNECT"
+    with pytest.raises(NotImplementedMethod, match="does not tunnel"):
+        parser.feed(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n\x00\x01binary")
+    assert not parser.requests
 
 
 def test_data_after_a_closing_http10_request_is_refused_after_the_request() -> None:
