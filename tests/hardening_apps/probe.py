@@ -38,6 +38,7 @@ def create_app() -> Flask:
             "pid": os.getpid(),
             "method": request.method,
             "path": request.full_path.rstrip("?"),
+            "host": request.host,
             "remote_addr": request.remote_addr,
             "scheme": request.scheme,
             "url_scheme": request.environ["wsgi.url_scheme"],
@@ -71,6 +72,14 @@ def create_app() -> Flask:
                 size += len(chunk)
         return jsonify({"size": size, "sha256": hasher.hexdigest(), "file_size": os.path.getsize(path),
                         "pid": os.getpid()})
+
+    @app.post("/exit")
+    def exit_worker() -> Any:
+        """A view that kills its worker, once per call: ``$CRASH_LOG`` gets one line per call,
+        so a request replayed on another worker after the crash would show as two lines."""
+        with open(os.environ["CRASH_LOG"], "a") as log:
+            log.write(f"{os.getpid()}\n")
+        os._exit(3)
 
     @app.get("/bytes/<int:size>")
     def payload(size: int) -> Response:
