@@ -1,6 +1,6 @@
 """The master's ends of its workers' message channels.
 
-Frames a worker sends are decoded and handed to the master's ``on_message``; frames for a worker
+Messages a worker sends are decoded and handed to the master's ``on_message``; frames for a worker
 are queued and written once per pass of the master's loop (not once per message), with the
 selector watching for writability only while a worker's kernel buffer is full. A worker that
 stays far behind on what it is sent is reported to ``on_stuck``: the master replaces it rather
@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import ipc
-from .broker import MAX_WORKER_BACKLOG
+from . import ipc, wire
 from .handle import WorkerHandle
+from .hub import MAX_WORKER_BACKLOG
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -26,7 +26,7 @@ BEHIND_GRACE = 1.0  # seconds a worker may stay more than MAX_WORKER_BACKLOG beh
 
 class WorkerChannels:
     def __init__(self, selector: selectors.BaseSelector,
-                 on_message: Callable[[WorkerHandle, str, tuple[Any, ...]], None],
+                 on_message: Callable[[WorkerHandle, wire.Message], None],
                  on_stuck: Callable[[WorkerHandle], None]) -> None:
         self.selector = selector
         self.on_message = on_message
@@ -56,7 +56,7 @@ class WorkerChannels:
             pass
 
     def send(self, peer: Any, frame: bytes) -> None:
-        """Queue ``frame`` for the worker ``peer``; the broker's way out."""
+        """Queue ``frame`` for the worker ``peer``; the hub's way out."""
         handle: WorkerHandle = peer
         handle.channel.queue(frame)
         self._unflushed.add(handle)
@@ -87,13 +87,12 @@ class WorkerChannels:
 
     def _read(self, handle: WorkerHandle) -> None:
         try:
-            frames = handle.channel.receive()
+            messages = wire.receive(handle.channel)
         except ipc.ChannelClosed:
             self.unwatch(handle)
             return
-        for frame in frames:
-            kind, args = ipc.decode(frame)
-            self.on_message(handle, kind, args)
+        for message in messages:
+            self.on_message(handle, message)
 
     def _flush(self, handle: WorkerHandle) -> None:
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,21 +16,15 @@ from typing import Any, TypeVar
 
 from flask import Flask, current_app
 
-from . import runtime
+from . import runtime, wire
+from .wire import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from .wire import MessageError as MessageError
 
 log = logging.getLogger("flask_cluster")
 
 Handler = Callable[[Any], Any]
 Hook = Callable[[], Any]
 F = TypeVar("F", bound=Callable[..., Any])
-
-MAX_MESSAGE_BYTES = 1024 * 1024
-"""The largest pickled ``data`` a broadcast or gather may carry."""
-
-
-class MessageError(ValueError):
-    """``data`` cannot be sent: it does not pickle, or it is larger than the limit."""
-
 
 class GatherIncomplete(Exception):
     """Some workers did not answer in time, or their handler raised.
@@ -125,7 +118,7 @@ class FlaskCluster:
         Every worker sees all broadcasts in one order. Raises :class:`MessageError` here, in
         the caller, when ``data`` cannot be pickled or is too large.
         """
-        payload = self._pack(data)
+        payload = wire.pack(data, _message_limit())
         if runtime.current is None:
             if include_self:
                 self.handle(topic, payload)
@@ -138,19 +131,19 @@ class FlaskCluster:
         Raises :class:`GatherIncomplete` (carrying the replies that did come) when a worker does
         not answer within ``timeout`` seconds or its handler raises: nobody is left out silently.
         """
-        payload = self._pack(data)
+        payload = wire.pack(data, _message_limit())
         if runtime.current is None:
             ok, value = self.handle(topic, payload)
-            answers = [(0, os.getpid(), runtime.OK if ok else runtime.ERROR, value)]
+            answers = [wire.Answer(0, os.getpid(), wire.OK if ok else wire.ERROR, value)]
         else:
             answers = runtime.current.messenger.gather(topic, payload, timeout)
         replies: dict[int, Any] = {}
         errors: dict[int, str] = {}
         missing: list[int] = []
         for worker_id, _pid, status, value in answers:
-            if status == runtime.OK:
+            if status == wire.OK:
                 replies[worker_id] = value
-            elif status == runtime.ERROR:
+            elif status == wire.ERROR:
                 errors[worker_id] = str(value)
             else:
                 missing.append(worker_id)
@@ -166,7 +159,7 @@ class FlaskCluster:
         A handler that raises is logged with its traceback; the others still run.
         """
         handlers = self._handlers.get(topic, ())
-        data = pickle.loads(payload)
+        data = wire.unpack(payload)
         reply = None
         error = None
         for handler in handlers:
@@ -193,21 +186,10 @@ class FlaskCluster:
             except Exception:
                 log.exception("on_worker_stop hook %r raised", hook)
 
-    def _pack(self, data: Any) -> bytes:
-        try:
-            payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise MessageError(f"cannot pickle {type(data).__name__}: {exc}") from exc
-        limit = _message_limit()
-        if len(payload) > limit:
-            raise MessageError(f"message is {len(payload)} bytes pickled, more than the {limit} "
-                               "byte limit (CLUSTER_MAX_MESSAGE_BYTES)")
-        return payload
-
 
 def _message_limit() -> int:
     try:
-        return int(current_app.config.get("CLUSTER_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES))
+        return wire.limit_of(current_app.config)
     except RuntimeError:  # no app context: use the default
         return MAX_MESSAGE_BYTES
 

@@ -1,4 +1,4 @@
-"""The wire between the master and a worker: the only module that knows it.
+"""The channels between the master and a worker: fd passing and framing.
 
 Two socket pairs per worker, made before the fork:
 
@@ -8,13 +8,11 @@ Two socket pairs per worker, made before the fork:
   too, so that connections a dead worker never took can be taken back and served by another;
 * the **message** channel, ``AF_UNIX``/``SOCK_STREAM`` (what :func:`multiprocessing.Pipe` is on
   POSIX, used directly so both ends can be non-blocking): frames of a 4-byte big-endian length and
-  a pickled envelope ``(kind, args)``. Envelopes hold only builtins; user data travels inside
-  them as bytes pickled by the sender, so the master never unpickles (or imports) app objects.
+  a body; what a body means is :mod:`flask_cluster.wire`'s business.
 """
 
 from __future__ import annotations
 
-import pickle
 import socket
 import struct
 from typing import Any
@@ -23,28 +21,8 @@ FRAME_HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
 RECV_CHUNK = 256 * 1024
 
-# Envelope kinds. Worker -> master:
-READY = "ready"              # ()
-BOOT_FAILED = "boot-failed"  # (reason: str)
-RETIRE = "retire"            # () served --max-requests: replace me gracefully
-# Both ways:
-BROADCAST = "broadcast"      # w->m (topic, payload, include_self); m->w (seq, topic, payload)
-GATHER = "gather"            # w->m (request_id, topic, payload, timeout); m->w (gather_id, topic, payload)
-REPLY = "reply"              # w->m (gather_id, ok, payload)
-GATHERED = "gathered"        # m->w (request_id, replies: list[(worker_id, pid, ok, payload)], missing)
-
-
 class ChannelClosed(Exception):
     """The other end of a channel is gone (the master or the worker died)."""
-
-
-def encode(kind: str, *args: Any) -> bytes:
-    return pickle.dumps((kind, args), pickle.HIGHEST_PROTOCOL)
-
-
-def decode(frame: bytes) -> tuple[str, tuple[Any, ...]]:
-    kind, args = pickle.loads(frame)
-    return kind, args
 
 
 def channel_pairs() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:

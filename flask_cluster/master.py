@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import selectors
 import signal
 import socket
@@ -19,15 +18,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import ipc
+from . import ipc, wire
 from .backoff import Backoff
-from .broker import Broker
 from .channels import WorkerChannels
 from .config import Config
 from .control import ControlError, ControlServer, control_path, execute
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
 from .handle import WorkerHandle, describe_status
+from .hub import Hub
 from .listeners import close_quietly, describe, open_listener, stop_listening
 from .proctitle import set_title
 from .scoreboard import (
@@ -79,7 +78,12 @@ class Master:
         self._reap_due = False  # SIGCHLD came: reap on this pass
         self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
         self.channels = WorkerChannels(self.selector, self._on_message, self._replace)
-        self.broker = Broker(self.channels.send)
+        self.hub = Hub(self.channels.send, lambda: self._live)
+        self._message_handlers: dict[type[wire.Message], Callable[[WorkerHandle, Any], None]] = {
+            wire.Ready: lambda handle, _: self._ready(handle),
+            wire.BootFailed: self._boot_failed,
+            wire.Retire: self._served_max_requests,
+        }
         self.respawn_at: dict[int, float] = {}  # worker_id -> when to spawn it again
         self.backoff = Backoff()
         self._restarts: dict[int, int] = {}  # worker_id -> restarts so far, for status
@@ -153,8 +157,8 @@ class Master:
         if self._reap_due or now >= self._next_housekeeping:
             self._reap_due = False
             self._reap()
-        if self.broker.pending:
-            self.broker.expire(now)
+        if self.hub.pending:
+            self.hub.expire(now)
         if self.dispatcher is not None and self.dispatcher.paused:
             self.dispatcher.retry()
         if now >= self._next_housekeeping:
@@ -176,7 +180,7 @@ class Master:
 
     def _next_timeout(self) -> float:
         deadlines = [self._next_housekeeping, *self.respawn_at.values()]
-        for deadline in (self.broker.next_deadline(),
+        for deadline in (self.hub.next_deadline(),
                          self.dispatcher.next_deadline() if self.dispatcher else None):
             if deadline is not None:
                 deadlines.append(deadline)
@@ -272,16 +276,16 @@ class Master:
                       if self.scoreboard.get(handle.slot, HEARTBEAT_MS) >= fresh_after]
         return responsive or live
 
-    def _on_message(self, handle: WorkerHandle, kind: str, args: tuple[Any, ...]) -> None:
-        if kind == ipc.READY:
-            self._ready(handle)
-        elif kind == ipc.BOOT_FAILED:
-            handle.boot_error = args[0]
-        elif kind == ipc.RETIRE:
-            log.info("%s served its --max-requests: replacing it", handle)
-            self._renew(handle)
-        else:  # booting (start hooks) and retiring workers may send and ask too
-            self.broker.receive(handle, kind, args, self._live)
+    def _on_message(self, handle: WorkerHandle, message: wire.Message) -> None:
+        # booting (start hooks) and retiring workers may send and ask too: the hub takes those
+        self._message_handlers.get(type(message), self.hub.receive)(handle, message)
+
+    def _boot_failed(self, handle: WorkerHandle, message: wire.BootFailed) -> None:
+        handle.boot_error = message.reason
+
+    def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:
+        log.info("%s served its --max-requests: replacing it", handle)
+        self._renew(handle)
 
     def _ready(self, handle: WorkerHandle) -> None:
         handle.state = "ready"
@@ -429,7 +433,7 @@ class Master:
         handle.state = "gone"
         handle.replaced = True
         handle.kill_at = time.monotonic() + KILL_GRACE
-        self.broker.worker_gone(handle)
+        self.hub.worker_gone(handle)
         if not self.stopping and handle.worker_id < self.target:
             self._spawn(handle.worker_id).restarts = handle.restarts + 1
 
@@ -505,7 +509,7 @@ class Master:
             close_quietly(handle.reclaim)
             handle.reclaim = None
         close_quietly(handle.handoff)
-        self.broker.worker_gone(handle)
+        self.hub.worker_gone(handle)
         lived = time.monotonic() - handle.started
         how = describe_status(status)
         if self.stopping or handle.state == "retiring":
@@ -553,13 +557,12 @@ class Master:
         if handle.state != "booting" or handle.boot_error is not None:
             return
         try:
-            frames = handle.channel.receive()
+            messages = wire.receive(handle.channel)
         except ipc.ChannelClosed:
             return
-        for frame in frames:
-            kind, args = ipc.decode(frame)
-            if kind == ipc.BOOT_FAILED:
-                handle.boot_error = args[0]
+        for message in messages:
+            if isinstance(message, wire.BootFailed):
+                self._boot_failed(handle, message)
 
     def _has_ready_worker(self, worker_id: int) -> bool:
         return any(handle.worker_id == worker_id and handle.state == "ready"
@@ -603,8 +606,7 @@ class Master:
 
     def publish(self, topic: str, data: Any) -> int:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
-        payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
-        return self.broker.publish(topic, payload, self._live)
+        return self.hub.publish(topic, wire.pack(data))
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -5,13 +5,15 @@ Deliveries run on the loop thread between requests, inside an app context, so wi
 (or waiting in ``gather``) on the loop thread keeps reading the channel while it waits, so two
 workers flooding each other cannot deadlock: deliveries read then wait in a backlog that the loop
 runs as soon as the view returns; gather questions are answered at once.
+
+Deliveries carry the master's sequence number: a worker runs each broadcast once, in that order,
+and :attr:`WorkerMessenger.last_seq` says how far it got.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import pickle
 import select
 import threading
 import time
@@ -20,8 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from . import ipc, runtime
-from .extension import MAX_MESSAGE_BYTES
+from . import ipc, wire
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -41,10 +42,16 @@ class WorkerMessenger:
         self.worker_id = worker_id
         self.app = app
         self.extension = extension
-        self.backlog: deque[bytes] = deque()
+        self.backlog: deque[wire.Message] = deque()
+        self.last_seq = 0  # of the last broadcast run here
         self._send_lock = threading.RLock()  # a gather answered while sending sends too
         self._request_ids = itertools.count(1)
-        self._waiting: dict[int, Future[list[runtime.Answer]]] = {}
+        self._waiting: dict[int, Future[list[wire.Answer]]] = {}
+        self._handlers: dict[type[wire.Message], Callable[[Any], None]] = {
+            wire.Deliver: self._on_deliver,
+            wire.Ask: self._on_ask,
+            wire.Gathered: self._on_gathered,
+        }
         self._loop_thread = threading.get_ident()
         self._engine: Engine | None = None
         self._on_master_gone: Callable[[], None] = lambda: None
@@ -59,14 +66,14 @@ class WorkerMessenger:
     # -- runtime.Messenger --------------------------------------------------------------------
 
     def broadcast(self, topic: str, payload: bytes, include_self: bool) -> None:
-        self._send(ipc.encode(ipc.BROADCAST, topic, payload, include_self))
+        self._send(wire.encode(wire.Broadcast(topic, payload, include_self)))
 
-    def gather(self, topic: str, payload: bytes, timeout: float) -> list[runtime.Answer]:
+    def gather(self, topic: str, payload: bytes, timeout: float) -> list[wire.Answer]:
         request_id = next(self._request_ids)
-        future: Future[list[runtime.Answer]] = Future()
+        future: Future[list[wire.Answer]] = Future()
         self._waiting[request_id] = future
         try:
-            self._send(ipc.encode(ipc.GATHER, request_id, topic, payload, timeout))
+            self._send(wire.encode(wire.Gather(request_id, topic, payload, timeout)))
             deadline = time.monotonic() + timeout + REPLY_GRACE
             if threading.get_ident() == self._loop_thread:
                 while not future.done():
@@ -97,74 +104,62 @@ class WorkerMessenger:
         if not readable:
             return True
         try:
-            frames = self.channel.receive()
+            messages = wire.receive(self.channel)
         except ipc.ChannelClosed:
             self._on_master_gone()
             return False
-        for frame in frames:
-            kind, args = ipc.decode(frame)
-            if kind == ipc.BROADCAST:
-                self.backlog.append(frame)  # runs after the view, in order
+        for message in messages:
+            if type(message) is wire.Deliver:
+                self.backlog.append(message)  # runs after the view, in order
             else:
-                self._dispatch(kind, args)
+                self._dispatch(message)
         return True
 
     # -- receiving ----------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
         try:
-            frames = self.channel.receive()
+            messages = wire.receive(self.channel)
         except ipc.ChannelClosed:
             assert self._engine is not None
             self._engine.remove_reader(self.channel.sock)
             self._on_master_gone()
             return
-        self.backlog.extend(frames)
+        self.backlog.extend(messages)
         self._run_backlog()
 
     def _run_backlog(self) -> None:
         backlog = self.backlog
         while backlog:
-            kind, args = ipc.decode(backlog.popleft())
-            self._dispatch(kind, args)
+            self._dispatch(backlog.popleft())
 
-    def _dispatch(self, kind: str, args: tuple[Any, ...]) -> None:
-        if kind == ipc.BROADCAST:
-            _seq, topic, payload = args
-            self._handle(topic, payload)
-        elif kind == ipc.GATHER:
-            gather_id, topic, payload = args
-            ok, value = self._handle(topic, payload)
-            self._reply(gather_id, ok, value)
-        elif kind == ipc.GATHERED:
-            request_id, answers = args
-            future = self._waiting.get(request_id)
-            if future is not None and not future.done():
-                future.set_result([_unpack(answer) for answer in answers])
+    def _dispatch(self, message: wire.Message) -> None:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.warning("unexpected %s from the master", type(message).__name__)
         else:
-            log.warning("unknown message %r from the master", kind)
+            handler(message)
+
+    def _on_deliver(self, message: wire.Deliver) -> None:
+        if message.seq <= self.last_seq:
+            log.warning("broadcast %d came again after %d: not run twice", message.seq,
+                        self.last_seq)
+            return
+        self.last_seq = message.seq
+        self._handle(message.topic, message.payload)
+
+    def _on_ask(self, message: wire.Ask) -> None:
+        ok, value = self._handle(message.topic, message.payload)
+        status, payload = wire.pack_reply(ok, value, wire.limit_of(self.app.config))
+        self._send(wire.encode(wire.Reply(message.gather_id, status, payload)))
+
+    def _on_gathered(self, message: wire.Gathered) -> None:
+        future = self._waiting.get(message.request_id)
+        if future is not None and not future.done():
+            future.set_result([wire.unpack_answer(answer) for answer in message.answers])
 
     def _handle(self, topic: str, payload: bytes) -> tuple[bool, Any]:
         if self.extension is None:
             return True, None
         with self.app.app_context():
             return self.extension.handle(topic, payload)
-
-    def _reply(self, gather_id: int, ok: bool, value: Any) -> None:
-        status = runtime.OK if ok else runtime.ERROR
-        limit = int(self.app.config.get("CLUSTER_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES))
-        try:
-            data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            status = runtime.ERROR
-            data = pickle.dumps(f"reply cannot be pickled: {exc}")
-        if len(data) > limit:
-            status = runtime.ERROR
-            data = pickle.dumps(f"reply of {len(data)} bytes is over the {limit} byte limit "
-                                "(CLUSTER_MAX_MESSAGE_BYTES)")
-        self._send(ipc.encode(ipc.REPLY, gather_id, status, data))
-
-
-def _unpack(answer: tuple[int, int, str, bytes | None]) -> runtime.Answer:
-    worker_id, pid, status, data = answer
-    return worker_id, pid, status, pickle.loads(data) if data is not None else None

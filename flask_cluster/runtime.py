@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-OK, ERROR, MISSING = "ok", "error", "missing"
-Answer = tuple[int, int, str, Any]
-"""One worker's answer to a gather: ``(worker_id, pid, OK|ERROR|MISSING, value or error text)``."""
+from .wire import Answer
 
 
 class Messenger(Protocol):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import ipc, runtime
+from . import ipc, runtime, wire
 from .access import AccessLog
 from .config import Config
 from .engine import Engine
@@ -106,7 +106,7 @@ class Worker:
         gc.collect()
         gc.freeze()
         try:
-            self.channel.send_now(ipc.encode(ipc.READY))
+            self.channel.send_now(wire.encode(wire.Ready()))
         except ipc.ChannelClosed:
             return EXIT_OK  # the master is gone already
         engine.run()
@@ -214,7 +214,7 @@ class Worker:
             return
         self._retiring = True
         try:
-            self.channel.send_now(ipc.encode(ipc.RETIRE))
+            self.channel.send_now(wire.encode(wire.Retire()))
         except ipc.ChannelClosed:
             self._master_gone()
 
@@ -280,7 +280,7 @@ class Worker:
         reason = one_line_reason(exc)
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         try:
-            self.channel.send_now(ipc.encode(ipc.BOOT_FAILED, reason), timeout=2.0)
+            self.channel.send_now(wire.encode(wire.BootFailed(reason)), timeout=2.0)
         except ipc.ChannelClosed:
             pass
         return EXIT_BOOT_ERROR

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask, current_app, jsonify
 
-from flask_cluster import FlaskCluster, runtime
+from flask_cluster import FlaskCluster, runtime, wire
 from flask_cluster.extension import MAX_MESSAGE_BYTES, GatherIncomplete, MessageError, extension_of
 
 
@@ -292,7 +292,7 @@ def test_failing_start_hook_raises(cluster: FlaskCluster) -> None:
 
 
 class RecordingMessenger:
-    def __init__(self, answers: list[runtime.Answer] | None = None) -> None:
+    def __init__(self, answers: list[wire.Answer] | None = None) -> None:
         self.broadcasts: list[tuple[str, Any, bool]] = []
         self.gathers: list[tuple[str, Any, float]] = []
         self.answers = answers or []
@@ -300,7 +300,7 @@ class RecordingMessenger:
     def broadcast(self, topic: str, payload: bytes, include_self: bool) -> None:
         self.broadcasts.append((topic, pickle.loads(payload), include_self))
 
-    def gather(self, topic: str, payload: bytes, timeout: float) -> list[runtime.Answer]:
+    def gather(self, topic: str, payload: bytes, timeout: float) -> list[wire.Answer]:
         self.gathers.append((topic, pickle.loads(payload), timeout))
         return self.answers
 
@@ -333,8 +333,8 @@ def test_broadcast_in_a_worker_goes_to_the_master(cluster: FlaskCluster, app: Fl
 
 def test_gather_in_a_worker_orders_replies_by_worker_id(cluster: FlaskCluster, app: Flask,
                                                         in_worker: RecordingMessenger) -> None:
-    in_worker.answers = [(1, 11, runtime.OK, "one"), (0, 10, runtime.OK, "zero"),
-                         (2, 12, runtime.OK, None)]
+    in_worker.answers = [wire.Answer(1, 11, wire.OK, "one"), wire.Answer(0, 10, wire.OK, "zero"),
+                         wire.Answer(2, 12, wire.OK, None)]
 
     with app.app_context():
         assert cluster.gather("t", "question", timeout=0.5) == ["zero", "one", None]
@@ -344,8 +344,9 @@ def test_gather_in_a_worker_orders_replies_by_worker_id(cluster: FlaskCluster, a
 
 def test_gather_in_a_worker_reports_the_missing_and_the_failed(cluster: FlaskCluster, app: Flask,
                                                                in_worker: RecordingMessenger) -> None:
-    in_worker.answers = [(0, 10, runtime.OK, "zero"), (1, 11, runtime.MISSING, None),
-                         (2, 12, runtime.ERROR, "KeyError: 'x'"), (3, 13, runtime.MISSING, None)]
+    in_worker.answers = [wire.Answer(0, 10, wire.OK, "zero"), wire.Answer(1, 11, wire.MISSING, None),
+                         wire.Answer(2, 12, wire.ERROR, "KeyError: 'x'"),
+                         wire.Answer(3, 13, wire.MISSING, None)]
 
     with app.app_context(), pytest.raises(GatherIncomplete) as info:
         cluster.gather("t")

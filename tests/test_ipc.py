@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import socket
 import warnings
 from collections.abc import Iterator
 
 import pytest
 
-from flask_cluster import ipc
+from flask_cluster import ipc, wire
 from flask_cluster.ipc import ChannelClosed, MessageChannel, channel_pairs
 from flask_cluster.scoreboard import (
     HEARTBEAT_MS,
@@ -46,8 +45,8 @@ def handoff() -> Iterator[tuple[socket.socket, socket.socket]]:
     worker_fd.close()
 
 
-def frame(kind: str, *args: object) -> bytes:
-    return ipc.encode(kind, *args)
+def frame(message: wire.Message) -> bytes:
+    return wire.encode(message)
 
 
 def receive_all(channel: MessageChannel, count: int, attempts: int = 1000) -> list[bytes]:
@@ -60,15 +59,7 @@ def receive_all(channel: MessageChannel, count: int, attempts: int = 1000) -> li
     pytest.fail(f"got {len(frames)} of {count} frames")
 
 
-# -- envelopes and pairs --------------------------------------------------------------------------
-
-
-def test_envelope_round_trip() -> None:
-    data = pickle.dumps({"key": "users"})
-
-    assert ipc.decode(frame(ipc.BROADCAST, 3, "cache-clear", data)) == (
-        ipc.BROADCAST, (3, "cache-clear", data))
-    assert ipc.decode(frame(ipc.READY)) == (ipc.READY, ())
+# -- pairs ----------------------------------------------------------------------------------------
 
 
 def test_channel_pairs_are_non_blocking_and_of_the_right_kinds() -> None:
@@ -90,7 +81,7 @@ def test_channel_pairs_are_non_blocking_and_of_the_right_kinds() -> None:
 
 def test_frames_arrive_whole_and_in_order(pair: tuple[MessageChannel, MessageChannel]) -> None:
     master, worker = pair
-    frames = [frame(ipc.BROADCAST, i, "t", b"x" * i) for i in range(50)]
+    frames = [frame(wire.Deliver(i, "t", b"x" * i)) for i in range(50)]
     for item in frames:
         master.queue(item)
     assert master.pending > 0
@@ -104,11 +95,11 @@ def test_frames_arrive_whole_and_in_order(pair: tuple[MessageChannel, MessageCha
 def test_framing_across_partial_reads(pair: tuple[MessageChannel, MessageChannel]) -> None:
     """The length prefix and the body can each be cut anywhere by the stream."""
     master, worker = pair
-    first, second = frame(ipc.READY), frame(ipc.BOOT_FAILED, "ImportError: no module app")
-    wire = b"".join(ipc.FRAME_HEADER.pack(len(item)) + item for item in (first, second))
+    first, second = frame(wire.Ready()), frame(wire.BootFailed("ImportError: no module app"))
+    stream = b"".join(ipc.FRAME_HEADER.pack(len(item)) + item for item in (first, second))
 
     got: list[bytes] = []
-    for i, byte in enumerate(wire):
+    for i, byte in enumerate(stream):
         master.sock.send(bytes([byte]))
         got += worker.receive()
         if i < ipc.FRAME_HEADER.size + len(first) - 1:
@@ -119,9 +110,9 @@ def test_framing_across_partial_reads(pair: tuple[MessageChannel, MessageChannel
 
 def test_large_frame_crosses_a_full_socket(pair: tuple[MessageChannel, MessageChannel]) -> None:
     master, worker = pair
-    big = frame(ipc.BROADCAST, 1, "t", os.urandom(3 * 1024 * 1024))
+    big = frame(wire.Deliver(1, "t", os.urandom(3 * 1024 * 1024)))
     master.queue(big)
-    master.queue(frame(ipc.READY))
+    master.queue(frame(wire.Ready()))
 
     got: list[bytes] = []
     for _ in range(10000):
@@ -129,18 +120,18 @@ def test_large_frame_crosses_a_full_socket(pair: tuple[MessageChannel, MessageCh
         got += worker.receive()
         if done and len(got) == 2:
             break
-    assert got == [big, frame(ipc.READY)]
+    assert got == [big, frame(wire.Ready())]
 
 
 def test_send_now_waits_for_the_peer(pair: tuple[MessageChannel, MessageChannel]) -> None:
     master, worker = pair
-    master.queue(frame(ipc.READY))  # queued earlier: goes out first
+    master.queue(frame(wire.Ready()))  # queued earlier: goes out first
 
-    worker.send_now(frame(ipc.BOOT_FAILED, "x"), timeout=5.0)
+    worker.send_now(frame(wire.BootFailed("x")), timeout=5.0)
     master.flush()
 
-    assert receive_all(worker, 1) == [frame(ipc.READY)]
-    assert receive_all(master, 1) == [frame(ipc.BOOT_FAILED, "x")]
+    assert receive_all(worker, 1) == [frame(wire.Ready())]
+    assert receive_all(master, 1) == [frame(wire.BootFailed("x"))]
     assert not worker.sock.getblocking()  # non-blocking again afterwards
 
 
@@ -156,11 +147,11 @@ def test_oversize_frame_is_refused_before_queueing(monkeypatch: pytest.MonkeyPat
 
 def test_eof_is_channel_closed(pair: tuple[MessageChannel, MessageChannel]) -> None:
     master, worker = pair
-    master.queue(frame(ipc.READY))
+    master.queue(frame(wire.Ready()))
     master.flush()
     master.close()
 
-    assert receive_all(worker, 1) == [frame(ipc.READY)]  # what was sent still arrives
+    assert receive_all(worker, 1) == [frame(wire.Ready())]  # what was sent still arrives
     with pytest.raises(ChannelClosed):
         worker.receive()
 
@@ -169,21 +160,21 @@ def test_sending_to_a_closed_peer_is_channel_closed(pair: tuple[MessageChannel, 
     master, worker = pair
     worker.close()
 
-    master.queue(frame(ipc.READY))
+    master.queue(frame(wire.Ready()))
     with pytest.raises(ChannelClosed):
         master.flush()
     with pytest.raises(ChannelClosed):
-        master.send_now(frame(ipc.READY), timeout=1.0)
+        master.send_now(frame(wire.Ready()), timeout=1.0)
 
 
 def test_last_frames_before_eof_are_delivered(pair: tuple[MessageChannel, MessageChannel]) -> None:
     master, worker = pair
     master.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * ipc.RECV_CHUNK)
-    last = frame(ipc.BROADCAST, 1, "t", b"")
+    last = frame(wire.Deliver(1, "t", b""))
     room = ipc.RECV_CHUNK - 2 * ipc.FRAME_HEADER.size - len(last)  # for the first frame
     size = room
-    while len(body := frame(ipc.BROADCAST, 0, "t", b"x" * size)) != room:
-        size -= len(body) - room  # pickle's overhead depends on the size a little
+    while len(body := frame(wire.Deliver(0, "t", b"x" * size))) != room:
+        size -= len(body) - room  # the encoding's overhead depends on the size a little
     master.queue(body)
     master.queue(last)
     assert master.pending == ipc.RECV_CHUNK

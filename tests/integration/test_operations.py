@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_cluster import ipc
+from flask_cluster import ipc, wire
 from flask_cluster.config import Config
 from flask_cluster.handle import WorkerHandle
 from flask_cluster.master import Master
@@ -487,7 +487,7 @@ def test_boot_failure_reason_is_kept_when_the_exit_is_seen_first() -> None:
         master.workers = {running.pid: running}  # the successor is being reaped
         # The successor's last words reach its channel, then it exits with the boot-error code.
         ipc.MessageChannel(pairs[1][1]).send_now(
-            ipc.encode(ipc.BOOT_FAILED, "SyntaxError: invalid syntax (app.py, line 3)"))
+            wire.encode(wire.BootFailed("SyntaxError: invalid syntax (app.py, line 3)")))
         pairs[1][1].close()
         master._exited(successor, EXIT_BOOT_ERROR << 8)
         assert master.last_error == \

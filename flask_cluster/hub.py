@@ -1,0 +1,162 @@
+"""The master's message hub: broadcasts in one total order, fanned out; gathers and their replies.
+
+The hub forwards payloads as the bytes the sender pickled; it never unpickles app data. Where a
+broadcast gets its place in the order is the :class:`Relay`'s business: on one host the
+:class:`LocalRelay` numbers it and hands it straight back; a relay through a shared log (Redis
+Streams) plugs in here, and neither the extension nor the workers notice. Each worker's outgoing
+buffer is bounded by :data:`MAX_WORKER_BACKLOG`: a worker that falls that far behind is reported
+stuck and replaced, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import wire
+
+log = logging.getLogger("flask_cluster.master")
+
+MAX_WORKER_BACKLOG = 8 * 1024 * 1024
+"""Bytes of messages the master holds for one worker before it counts as stuck."""
+
+
+class Peer(Protocol):
+    worker_id: int
+    pid: int
+
+
+Deliver = Callable[[int, str, bytes, int | None], None]
+"""``deliver(seq, topic, payload, skip)``: fan a broadcast out to this host's workers, except the
+one whose pid is ``skip`` (its sender asked ``include_self=False``)."""
+
+
+class Relay(Protocol):
+    """Gives every broadcast its place in the one total order.
+
+    The hub calls :meth:`publish`; the relay calls the ``deliver`` it was made with exactly once
+    per broadcast, in the order, on the master's loop thread, with ascending sequence numbers
+    (the workers drop a number they have seen). It may deliver later than :meth:`publish`
+    returns, after a round trip through a shared log, and resume from the last one delivered.
+    """
+
+    def publish(self, topic: str, payload: bytes, skip: int | None) -> None: ...
+
+
+class LocalRelay:
+    """One host: the pipes are the whole cluster, so to publish is to deliver."""
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._seq = itertools.count(1)
+
+    def publish(self, topic: str, payload: bytes, skip: int | None) -> None:
+        self._deliver(next(self._seq), topic, payload, skip)
+
+
+@dataclass
+class _Gather:
+    asker: Peer
+    request_id: int
+    deadline: float
+    expected: dict[int, int]  # pid -> worker_id
+    answers: dict[int, wire.WireAnswer] = field(default_factory=dict)  # by pid
+
+
+class Hub:
+    def __init__(self, send: Callable[[Peer, bytes], None], live: Callable[[], Sequence[Peer]],
+                 relay: Callable[[Deliver], Relay] = LocalRelay) -> None:
+        """``send`` queues a frame for a worker (the master flushes and bounds it); ``live``
+        are the workers that receive messages now."""
+        self._send = send
+        self._live = live
+        self._relay = relay(self._deliver)
+        self._gather_ids = itertools.count(1)
+        self._gathers: dict[int, _Gather] = {}
+        self._handlers: dict[type[wire.Message], Callable[[Any, Any], None]] = {
+            wire.Broadcast: self._broadcast,
+            wire.Gather: self._gather,
+            wire.Reply: self._reply,
+        }
+
+    def receive(self, sender: Peer, message: wire.Message) -> None:
+        """Act on a message from the worker ``sender``."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.warning("unexpected %s from worker %s", type(message).__name__, sender.worker_id)
+        else:
+            handler(sender, message)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        """A broadcast from outside the workers (``cluster-ctl broadcast``); how many get it."""
+        receivers = len(self._live())
+        self._relay.publish(topic, payload, None)
+        return receivers
+
+    def worker_gone(self, peer: Peer) -> None:
+        """``peer`` died: it will not answer, and nothing waits for its answer any more."""
+        for gather_id, pending in list(self._gathers.items()):
+            if pending.asker is peer:
+                del self._gathers[gather_id]
+            elif peer.pid in pending.expected and peer.pid not in pending.answers:
+                pending.answers[peer.pid] = (peer.worker_id, peer.pid, wire.MISSING, None)
+                self._finish_if_complete(gather_id)
+
+    def expire(self, now: float) -> None:
+        for gather_id, pending in list(self._gathers.items()):
+            if now >= pending.deadline:
+                self._finish(gather_id)
+
+    @property
+    def pending(self) -> bool:
+        """Gathers wait for answers."""
+        return bool(self._gathers)
+
+    def next_deadline(self) -> float | None:
+        return min((pending.deadline for pending in self._gathers.values()), default=None)
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    def _broadcast(self, sender: Peer, message: wire.Broadcast) -> None:
+        self._relay.publish(message.topic, message.payload,
+                            None if message.include_self else sender.pid)
+
+    def _deliver(self, seq: int, topic: str, payload: bytes, skip: int | None) -> None:
+        frame = wire.encode(wire.Deliver(seq, topic, payload))
+        for peer in self._live():
+            if peer.pid != skip:
+                self._send(peer, frame)
+
+    def _gather(self, sender: Peer, message: wire.Gather) -> None:
+        gather_id = next(self._gather_ids)
+        peers = self._live()
+        self._gathers[gather_id] = _Gather(sender, message.request_id,
+                                           time.monotonic() + message.timeout,
+                                           {peer.pid: peer.worker_id for peer in peers})
+        frame = wire.encode(wire.Ask(gather_id, message.topic, message.payload))
+        for peer in peers:
+            self._send(peer, frame)
+        self._finish_if_complete(gather_id)
+
+    def _reply(self, sender: Peer, message: wire.Reply) -> None:
+        waiting = self._gathers.get(message.gather_id)
+        if waiting is not None and sender.pid in waiting.expected:
+            waiting.answers[sender.pid] = (sender.worker_id, sender.pid, message.status,
+                                           message.payload)
+            self._finish_if_complete(message.gather_id)
+
+    def _finish_if_complete(self, gather_id: int) -> None:
+        pending = self._gathers[gather_id]
+        if len(pending.answers) == len(pending.expected):
+            self._finish(gather_id)
+
+    def _finish(self, gather_id: int) -> None:
+        pending = self._gathers.pop(gather_id)
+        answers = [pending.answers.get(pid, (worker_id, pid, wire.MISSING, None))
+                   for pid, worker_id in pending.expected.items()]
+        answers.sort(key=lambda answer: answer[0])
+        self._send(pending.asker, wire.encode(wire.Gathered(pending.request_id, answers)))
