@@ -24,13 +24,18 @@ if TYPE_CHECKING:
 
 
 class InlineExchange:
-    """A response being produced on the loop thread; resumed when the client drains."""
+    """A response being produced on the loop thread; resumed when the client drains.
+
+    Made as soon as the app has returned its iterable, so it tells the response whether that
+    iterable gives the body's length (:meth:`Response.sized_by`).
+    """
 
     __slots__ = ("response", "app_iter", "iterator", "request", "environ")
     paused = True  # always resumable by a writable event: the loop produces its body
 
     def __init__(self, response: Response, app_iter: Iterable[bytes], request: Request,
                  environ: dict[str, Any]) -> None:
+        response.sized_by(app_iter)
         self.response = response
         self.app_iter = app_iter
         self.iterator: Iterator[bytes] = iter(app_iter)
@@ -58,7 +63,7 @@ class ThreadedExchange:
         self.file: tuple[int, int, int] | None = None
         self.queued = False  # already in the loop's wake queue
         self.environ: dict[str, Any] = {}
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # or when the app last produced output
         self.waiting = False  # blocked until the client reads: not the app's fault
         self.settled = False  # its end was counted (on_request(-1)) and its iterable closed
 
@@ -73,7 +78,9 @@ class ThreadedExchange:
                 self.waiting = True
                 self.cond.wait()
                 self.waiting = False
-                self.started = time.monotonic()  # the stuck clock counts the app's time only
+            # The stuck clock counts the app's time since its last output: neither the wait for
+            # the client above nor a long stream that keeps yielding is a hung request.
+            self.started = time.monotonic()
 
     def run(self) -> None:
         engine = self.engine

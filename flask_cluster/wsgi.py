@@ -169,13 +169,15 @@ class ResponseError(Exception):
 class Response:
     """``start_response`` and the serializer for one request.
 
-    Body bytes go to ``sink``. With ``buffer_first`` the first chunk is held back until a second
-    one comes or the body ends, so a one-chunk body without ``Content-Length`` gets one instead of
-    chunked encoding.
+    Body bytes go to ``sink``, the header block with the first of them: each chunk is passed on
+    as the app produces it, never held for the next, because the next may be seconds away (an
+    event stream). Only when the app says how long its body is (:meth:`sized_by`) does a body
+    without ``Content-Length`` get one; any other gets chunked encoding (HTTP/1.1) or ends with
+    the close (HTTP/1.0).
     """
 
     __slots__ = ("sink", "keep_alive", "head", "version", "status", "status_code", "headers",
-                 "headers_sent", "chunked", "remaining", "held", "body_bytes", "unframed",
+                 "headers_sent", "chunked", "remaining", "length", "body_bytes", "unframed",
                  "bodyless")
 
     def __init__(self, sink: Sink, request: Request) -> None:
@@ -189,7 +191,7 @@ class Response:
         self.headers_sent = False
         self.chunked = False
         self.remaining = -1  # bytes still due under the app's Content-Length; -1: not declared
-        self.held: bytes | None = None
+        self.length: int | None = None  # the whole body's size, known from the app's iterable
         self.body_bytes = 0  # for the access log
         # Set with the status. unframed: 204 and 304 have no body, so no length or chunking
         # is added. bodyless: no body bytes go out (those two, and every answer to HEAD),
@@ -228,23 +230,28 @@ class Response:
         if not data:
             return
         if not self.headers_sent:
-            if self.held is None:
-                self.held = data
-                return
-            self.send_headers(None)
-            held, self.held = self.held, None
-            self._send_body(held)
+            self.send_headers(self.length)
         self._send_body(data)
 
+    def sized_by(self, app_iter: Iterable[bytes]) -> None:
+        """The app returned ``app_iter``: when it is a list or tuple of one bytestring, that is
+        the whole body, so its length goes out as ``Content-Length`` (PEP 3333 allows it for an
+        iterable whose ``len()`` is 1, and gunicorn does the same). It costs nothing to know, as
+        the bytes are already in memory; a generator's first chunk is never held to find out,
+        since the stream may wait long before its second."""
+        if isinstance(app_iter, (list, tuple)) and len(app_iter) == 1:
+            self.length = len(app_iter[0])
+
+    @property
+    def complete(self) -> bool:
+        """Every byte of the declared or computed ``Content-Length`` was passed on."""
+        return self.remaining == 0
+
     def finish(self) -> None:
-        """The body is complete: send what is held, the last chunk, or headers of an empty body."""
+        """The body is complete: send the last chunk, or the headers of an empty body."""
         if not self.headers_sent:
-            held = self.held or b""
-            self.held = None
             # A HEAD whose app gave no body says nothing of the length a GET would have.
-            self.send_headers(len(held) if held or not self.head else None)
-            if held:
-                self._send_body(held)
+            self.send_headers(None if self.head else 0)
         if self.chunked:
             self.sink(b"0\r\n\r\n")
         elif self.remaining > 0 and not self.bodyless:
