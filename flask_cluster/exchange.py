@@ -73,7 +73,11 @@ class ThreadedExchange:
                 raise ConnectionAbortedError("client connection closed")
             self.chunks.append(data)
             self.size += len(data)
-            self._notify_loop()
+            # A chunk goes to the loop at once, as the app may take long over the next. Once the
+            # whole Content-Length is written, the end is moments away and its wake-up carries
+            # the last chunk too (as the loop thread's flush after a request does inline).
+            if not self.response.complete or self.size > HIGH_WATER:
+                self._notify_loop()
             while self.size > HIGH_WATER and not self.aborted:
                 self.waiting = True
                 self.cond.wait()

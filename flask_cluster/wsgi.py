@@ -229,16 +229,22 @@ class Response:
         """The legacy ``write()`` callable, and where iterated body chunks go."""
         if not data:
             return
-        if not self.headers_sent:
-            self.send_headers(self.length)
-        self._send_body(data)
+        if self.headers_sent:
+            body = self._framed(data)
+            if body:
+                self.sink(body)
+            return
+        # The header block and the first chunk in one piece: under --threads N one hand-over
+        # to the loop, which would otherwise wake for the headers while the body is on its way.
+        head = self._head(self.length)
+        self.sink(head + self._framed(data))
 
     def sized_by(self, app_iter: Iterable[bytes]) -> None:
         """The app returned ``app_iter``: when it is a list or tuple of one bytestring, that is
         the whole body, so its length goes out as ``Content-Length`` (PEP 3333 allows it for an
-        iterable whose ``len()`` is 1, and gunicorn does the same). It costs nothing to know, as
-        the bytes are already in memory; a generator's first chunk is never held to find out,
-        since the stream may wait long before its second."""
+        iterable whose ``len()`` is 1; waitress and granian do the same). That costs nothing, as
+        the bytes are in memory already. A generator's first chunk is never held to find out:
+        the stream may wait long before its second."""
         if isinstance(app_iter, (list, tuple)) and len(app_iter) == 1:
             self.length = len(app_iter[0])
 
@@ -257,19 +263,19 @@ class Response:
         elif self.remaining > 0 and not self.bodyless:
             self.keep_alive = False  # the app sent less than it declared: the framing is broken
 
-    def _send_body(self, data: bytes) -> None:
+    def _framed(self, data: bytes) -> bytes:
+        """``data`` as it goes on the wire after the headers: framed, cut to the declared length."""
         if self.bodyless:
-            return
+            return b""
         self.body_bytes += len(data)
         if self.chunked:
-            self.sink(b"%x\r\n%b\r\n" % (len(data), data))
-            return
+            return b"%x\r\n%b\r\n" % (len(data), data)
         if self.remaining >= 0:
             if len(data) > self.remaining:
                 data = data[:self.remaining]
                 self.keep_alive = False
             self.remaining -= len(data)
-        self.sink(data)
+        return data
 
     def declared_length(self) -> int | None:
         """The app's ``Content-Length``, if it gave one."""
@@ -283,6 +289,10 @@ class Response:
 
     def send_headers(self, body_length: int | None) -> None:
         """Send the header block; ``body_length`` is the whole body's size when known."""
+        self.sink(self._head(body_length))
+
+    def _head(self, body_length: int | None) -> bytes:
+        """The header block, marked sent; it chooses the framing of the body."""
         if self.status is None:
             raise ResponseError("the app did not call start_response")
         lines = [f"HTTP/1.1 {self.status}\r\n"]
@@ -332,7 +342,7 @@ class Response:
         except UnicodeEncodeError as exc:
             raise ResponseError(f"a header is not latin-1: {exc}") from None
         self.headers_sent = True
-        self.sink(data)
+        return data
 
 
 def error_response(status: int, reason: str, *, keep_alive: bool) -> bytes:

@@ -459,6 +459,7 @@ def test_headers_go_out_lazily_with_the_first_chunk() -> None:
     write(b"first")
     assert wire.status_line == "HTTP/1.1 200 OK"
     assert wire.body == b"5\r\nfirst\r\n"  # not held for a second chunk that may be far off
+    assert len(wire.chunks) == 1  # one hand-over to the connection for headers and chunk
     assert response.headers_sent
 
 
