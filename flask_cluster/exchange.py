@@ -71,6 +71,9 @@ class ThreadedExchange:
         with self.cond:
             if self.aborted:
                 raise ConnectionAbortedError("client connection closed")
+            # The stuck clock restarts at each output: a long stream that keeps yielding is not
+            # a hung request. Set before the loop can see the chunk, so it never reads it older.
+            self.started = time.monotonic()
             self.chunks.append(data)
             self.size += len(data)
             # A chunk goes to the loop at once, as the app may take long over the next. Once the
@@ -82,9 +85,7 @@ class ThreadedExchange:
                 self.waiting = True
                 self.cond.wait()
                 self.waiting = False
-            # The stuck clock counts the app's time since its last output: neither the wait for
-            # the client above nor a long stream that keeps yielding is a hung request.
-            self.started = time.monotonic()
+                self.started = time.monotonic()  # the stuck clock counts the app's time only
 
     def run(self) -> None:
         engine = self.engine

@@ -954,6 +954,34 @@ def test_file_wrapper_closed_when_the_client_disconnects(make_server: Callable[.
 # -- threads ------------------------------------------------------------------------------------
 
 
+def test_a_stream_that_keeps_yielding_is_not_stuck(make_server: Callable[..., Server]) -> None:
+    """The stuck clock behind --timeout restarts at each chunk an app thread produces."""
+    gates = [threading.Event(), threading.Event()]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        for gate in gates:
+            yield b"tick"
+            gate.wait(TIMEOUT)
+
+    server = make_server(app, threads=4)
+    try:
+        with server.client() as client:
+            client.send(build("GET", "/"))
+            client.head()
+            assert client._exactly(9) == b"4\r\ntick\r\n"
+            first = server.call(server.engine.oldest_busy)
+            gates[0].set()
+            assert client._exactly(9) == b"4\r\ntick\r\n"
+            second = server.call(server.engine.oldest_busy)
+
+            assert first is not None and second is not None
+            assert second > first
+    finally:
+        for gate in gates:
+            gate.set()
+
+
 def test_threads_serve_slow_requests_concurrently(make_server: Callable[..., Server],
                                                   state: AppState) -> None:
     server = make_server(validator(make_app(state)), threads=4)
