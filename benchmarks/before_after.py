@@ -50,14 +50,18 @@ def worktree(revision: str) -> Iterator[Path]:
 
 
 @contextmanager
-def cluster(target: str, package_root: Path) -> Iterator[str]:
+def cluster(target: str, package_root: Path, *options: str) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package_root), str(ROOT)])}
-    with tempfile.TemporaryFile() as log:
+    # ``python -m`` puts its working directory first on sys.path, ahead of PYTHONPATH: run it in
+    # a directory that holds only package_root's flask_cluster, so that is the one imported,
+    # with this tree's benchmarks (for the apps) after it.
+    with tempfile.TemporaryDirectory() as home, tempfile.TemporaryFile() as log:
+        os.symlink(package_root / "flask_cluster", Path(home, "flask_cluster"))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([home, str(ROOT)])}
         proc = subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", target, "cluster-run", "--host", HOST,
-             "--port", str(port), "--workers", "2"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+             "--port", str(port), "--workers", "2", *options],
+            cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

@@ -289,7 +289,13 @@ class Engine:
         try:
             for chunk in exchange.iterator:
                 response.write(chunk)
-                if conn.out_size > HIGH_WATER:
+                # The app may take its time over the next chunk (an event stream, a token
+                # stream), and this thread is the one that sends: put this one on the wire
+                # first, as far as the socket takes it. What the socket cannot take piles up
+                # until the high-water mark, then production waits for on_writable. A body
+                # whose whole Content-Length is written goes out with the flush after the
+                # request (with any pipelined answers), so a hello world costs no extra send.
+                if not response.complete:
                     conn.flush()
                     if conn.out_size > HIGH_WATER or conn.closed:
                         return  # resumed from on_writable
@@ -305,6 +311,7 @@ class Engine:
         app_iter: Iterable[bytes] = ()
         try:
             app_iter = self.app(environ, response.start_response)
+            response.sized_by(app_iter)
             file = None if self.tls is not None else file_to_send(response, app_iter)
             if file is not None:
                 exchange.file = file
@@ -373,7 +380,6 @@ class Engine:
             return
         response.status = "500 Internal Server Error"
         response.status_code = 500
-        response.held = None
         response.headers_sent = True
         push = sink or (conn.push if conn is not None else None)
         if push is not None:
@@ -447,8 +453,9 @@ class Engine:
         self.on_request(-1)
 
     def oldest_busy(self) -> float | None:
-        """When the longest-running app call on a pool thread started (not counting time spent
-        waiting for a slow client to read); None when no thread is busy."""
+        """Since when the longest-silent app call on a pool thread has produced no output (a
+        stream that keeps yielding is not stuck, and time spent waiting for a slow client to
+        read does not count); None when no thread is busy."""
         starts = [exchange.started for exchange in self.busy if not exchange.waiting]
         return min(starts, default=None)
 

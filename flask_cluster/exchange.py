@@ -24,13 +24,18 @@ if TYPE_CHECKING:
 
 
 class InlineExchange:
-    """A response being produced on the loop thread; resumed when the client drains."""
+    """A response being produced on the loop thread; resumed when the client drains.
+
+    Made as soon as the app has returned its iterable, so it tells the response whether that
+    iterable gives the body's length (:meth:`Response.sized_by`).
+    """
 
     __slots__ = ("response", "app_iter", "iterator", "request", "environ")
     paused = True  # always resumable by a writable event: the loop produces its body
 
     def __init__(self, response: Response, app_iter: Iterable[bytes], request: Request,
                  environ: dict[str, Any]) -> None:
+        response.sized_by(app_iter)
         self.response = response
         self.app_iter = app_iter
         self.iterator: Iterator[bytes] = iter(app_iter)
@@ -59,7 +64,7 @@ class ThreadedExchange:
         self.file: tuple[int, int, int] | None = None
         self.queued = False  # already in the loop's wake queue
         self.environ = environ
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # or when the app last produced output
         self.waiting = False  # blocked until the client reads: not the app's fault
         self.settled = False  # its end was counted (on_request(-1)) and its iterable closed
 
@@ -67,9 +72,16 @@ class ThreadedExchange:
         with self.cond:
             if self.aborted:
                 raise ConnectionAbortedError("client connection closed")
+            # The stuck clock restarts at each output: a long stream that keeps yielding is not
+            # a hung request. Set before the loop can see the chunk, so it never reads it older.
+            self.started = time.monotonic()
             self.chunks.append(data)
             self.size += len(data)
-            self._notify_loop()
+            # A chunk goes to the loop at once, as the app may take long over the next. Once the
+            # whole Content-Length is written, the end is moments away and its wake-up carries
+            # the last chunk too (as the loop thread's flush after a request does inline).
+            if not self.response.complete or self.size > HIGH_WATER:
+                self._notify_loop()
             while self.size > HIGH_WATER and not self.aborted:
                 self.waiting = True
                 self.cond.wait()

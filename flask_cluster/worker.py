@@ -194,8 +194,8 @@ class Worker:
             # A request thread is stuck: stop vouching for this process, so the master
             # replaces it as it would a worker whose loop is stuck.
             if not self._stuck_logged:
-                log.error("worker %s: a request has been running for %.0fs", self.worker_id,
-                          now - started)
+                log.error("worker %s: a request has been running for %.0fs without output",
+                          self.worker_id, now - started)
                 self._stuck_logged = True
             # Vouch for no more than the stuck request's start, so the master counts --timeout
             # from there (not another whole --timeout from now).

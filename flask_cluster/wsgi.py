@@ -162,13 +162,15 @@ class ResponseError(Exception):
 class Response:
     """``start_response`` and the serializer for one request.
 
-    Body bytes go to ``sink``. With ``buffer_first`` the first chunk is held back until a second
-    one comes or the body ends, so a one-chunk body without ``Content-Length`` gets one instead of
-    chunked encoding.
+    Body bytes go to ``sink``, the header block with the first of them: each chunk is passed on
+    as the app produces it, never held for the next, because the next may be seconds away (an
+    event stream). Only when the app says how long its body is (:meth:`sized_by`) does a body
+    without ``Content-Length`` get one; any other gets chunked encoding (HTTP/1.1) or ends with
+    the close (HTTP/1.0).
     """
 
     __slots__ = ("sink", "keep_alive", "head", "version", "status", "status_code", "headers",
-                 "headers_sent", "chunked", "remaining", "held", "body_bytes", "unframed",
+                 "headers_sent", "chunked", "remaining", "length", "body_bytes", "unframed",
                  "bodyless")
 
     def __init__(self, sink: Sink, request: Request) -> None:
@@ -182,7 +184,7 @@ class Response:
         self.headers_sent = False
         self.chunked = False
         self.remaining = -1  # bytes still due under the app's Content-Length; -1: not declared
-        self.held: bytes | None = None
+        self.length: int | None = None  # the whole body's size, known from the app's iterable
         self.body_bytes = 0  # for the access log
         # Set with the status. unframed: 204 and 304 have no body, so no length or chunking
         # is added. bodyless: no body bytes go out (those two, and every answer to HEAD),
@@ -220,42 +222,53 @@ class Response:
         """The legacy ``write()`` callable, and where iterated body chunks go."""
         if not data:
             return
-        if not self.headers_sent:
-            if self.held is None:
-                self.held = data
-                return
-            self.send_headers(None)
-            held, self.held = self.held, None
-            self._send_body(held)
-        self._send_body(data)
+        if self.headers_sent:
+            body = self._framed(data)
+            if body:
+                self.sink(body)
+            return
+        # The header block and the first chunk in one piece: under --threads N one hand-over
+        # to the loop, which would otherwise wake for the headers while the body is on its way.
+        head = self._head(self.length)
+        self.sink(head + self._framed(data))
+
+    def sized_by(self, app_iter: Iterable[bytes]) -> None:
+        """The app returned ``app_iter``: when it is a list or tuple of one bytestring, that is
+        the whole body, so its length goes out as ``Content-Length`` (PEP 3333 allows it for an
+        iterable whose ``len()`` is 1; waitress and granian do the same). That costs nothing, as
+        the bytes are in memory already. A generator's first chunk is never held to find out:
+        the stream may wait long before its second."""
+        if isinstance(app_iter, (list, tuple)) and len(app_iter) == 1:
+            self.length = len(app_iter[0])
+
+    @property
+    def complete(self) -> bool:
+        """Every byte of the declared or computed ``Content-Length`` was passed on."""
+        return self.remaining == 0
 
     def finish(self) -> None:
-        """The body is complete: send what is held, the last chunk, or headers of an empty body."""
+        """The body is complete: send the last chunk, or the headers of an empty body."""
         if not self.headers_sent:
-            held = self.held or b""
-            self.held = None
             # A HEAD whose app gave no body says nothing of the length a GET would have.
-            self.send_headers(len(held) if held or not self.head else None)
-            if held:
-                self._send_body(held)
+            self.send_headers(None if self.head else 0)
         if self.chunked:
             self.sink(b"0\r\n\r\n")
         elif self.remaining > 0 and not self.bodyless:
             self.keep_alive = False  # the app sent less than it declared: the framing is broken
 
-    def _send_body(self, data: bytes) -> None:
+    def _framed(self, data: bytes) -> bytes:
+        """``data`` as it goes on the wire after the headers: framed, cut to the declared length."""
         if self.bodyless:
-            return
+            return b""
         self.body_bytes += len(data)
         if self.chunked:
-            self.sink(b"%x\r\n%b\r\n" % (len(data), data))
-            return
+            return b"%x\r\n%b\r\n" % (len(data), data)
         if self.remaining >= 0:
             if len(data) > self.remaining:
                 data = data[:self.remaining]
                 self.keep_alive = False
             self.remaining -= len(data)
-        self.sink(data)
+        return data
 
     def declared_length(self) -> int | None:
         """The app's ``Content-Length``, if it gave one."""
@@ -269,6 +282,10 @@ class Response:
 
     def send_headers(self, body_length: int | None) -> None:
         """Send the header block; ``body_length`` is the whole body's size when known."""
+        self.sink(self._head(body_length))
+
+    def _head(self, body_length: int | None) -> bytes:
+        """The header block, marked sent; it chooses the framing of the body."""
         if self.status is None:
             raise ResponseError("the app did not call start_response")
         lines = [f"HTTP/1.1 {self.status}\r\n"]
@@ -318,7 +335,7 @@ class Response:
         except UnicodeEncodeError as exc:
             raise ResponseError(f"a header is not latin-1: {exc}") from None
         self.headers_sent = True
-        self.sink(data)
+        return data
 
 
 def error_response(status: int, reason: str, *, keep_alive: bool) -> bytes:

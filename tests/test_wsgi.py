@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sys
 import warnings
+from collections.abc import Iterable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 from wsgiref.validate import check_environ
@@ -245,10 +246,12 @@ class Wire:
 
 
 def respond(raw: bytes, status: str, headers: list[tuple[str, str]],
-            body: list[bytes]) -> tuple[Wire, Response]:
+            body: Iterable[bytes]) -> tuple[Wire, Response]:
+    """What the engine does with an app that returns ``body``."""
     wire = Wire()
     response = Response(wire, parse(raw))
     write = response.start_response(status, headers)
+    response.sized_by(body)
     for chunk in body:
         write(chunk)
     response.finish()
@@ -446,16 +449,74 @@ def test_app_headers_keep_their_order_and_repeats() -> None:
         ("Set-Cookie", "a=1"), ("X-B", "2"), ("Set-Cookie", "b=2")]
 
 
-def test_headers_go_out_lazily() -> None:
+def test_headers_go_out_lazily_with_the_first_chunk() -> None:
     wire = Wire()
     response = Response(wire, parse(get()))
     write = response.start_response("200 OK", TEXT)
     assert wire.raw == b""  # nothing before the body starts
+    write(b"")
+    assert wire.raw == b""
     write(b"first")
-    assert wire.raw == b""  # held: it may be the whole body
-    write(b"second")
     assert wire.status_line == "HTTP/1.1 200 OK"
+    assert wire.body == b"5\r\nfirst\r\n"  # not held for a second chunk that may be far off
+    assert len(wire.chunks) == 1  # one hand-over to the connection for headers and chunk
     assert response.headers_sent
+
+
+def test_a_streamed_chunk_is_passed_on_at_once() -> None:
+    """An event stream's first event reaches the sink before the generator is asked for more."""
+    wire = Wire()
+    response = Response(wire, parse(get()))
+    response.start_response("200 OK", [("Content-Type", "text/event-stream")])
+    seen: list[bytes] = []
+
+    def events() -> Iterator[bytes]:
+        yield b"data: one\n\n"
+        seen.append(wire.body)  # the generator resumes only after the first chunk is out
+        yield b"data: two\n\n"
+
+    app_iter = events()
+    response.sized_by(app_iter)
+    for chunk in app_iter:
+        response.write(chunk)
+    response.finish()
+
+    assert seen == [b"b\r\ndata: one\n\n\r\n"]
+    assert wire.body.endswith(b"0\r\n\r\n")
+
+
+def test_a_one_chunk_generator_is_chunked() -> None:
+    """Its length is known only at its end, and a stream's end can be far off."""
+    wire, response = respond(get(), "200 OK", TEXT, iter([b"hello"]))
+
+    assert wire.header("Content-Length") is None
+    assert wire.header("Transfer-Encoding") == "chunked"
+    assert wire.body == b"5\r\nhello\r\n0\r\n\r\n"
+    assert response.keep_alive
+
+
+@pytest.mark.parametrize("body", [[b"hello"], (b"hello",)])
+def test_a_one_item_list_or_tuple_gets_a_length(body: Iterable[bytes]) -> None:
+    wire, response = respond(get(), "200 OK", TEXT, body)
+
+    assert wire.header("Content-Length") == "5"
+    assert response.complete
+
+
+def test_complete_once_the_declared_length_is_written() -> None:
+    response = Response(Wire(), parse(get()))
+    write = response.start_response("200 OK", [*TEXT, ("Content-Length", "4")])
+    write(b"ab")
+    assert not response.complete
+    write(b"cd")
+    assert response.complete
+
+
+def test_a_stream_is_never_complete_before_its_end() -> None:
+    response = Response(Wire(), parse(get()))
+    write = response.start_response("200 OK", TEXT)
+    write(b"ab")
+    assert not response.complete
 
 
 def test_exc_info_before_headers_replaces_the_response() -> None:
@@ -470,7 +531,7 @@ def test_exc_info_before_headers_replaces_the_response() -> None:
     response.finish()
 
     assert wire.status_line == "HTTP/1.1 500 Internal Server Error"
-    assert wire.body == b"oops"
+    assert wire.body == b"4\r\noops\r\n0\r\n\r\n"
 
 
 def test_exc_info_after_headers_reraises() -> None:
@@ -526,6 +587,7 @@ def test_body_goes_out_only_where_one_may(method: bytes, status: str, framing: b
     wire = Wire()
     response = Response(wire, parse(b"%s / HTTP/1.1\r\nHost: x\r\n\r\n" % method))
     response.start_response(status, [])
+    response.sized_by([b"body"])
     response.write(b"body")
     response.finish()
 
