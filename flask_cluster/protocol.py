@@ -335,7 +335,7 @@ class RequestParser:
         self.headers_complete = True
         parser = self._parser
         version = self._version = parser.get_http_version()
-        if version[:1] not in ("0", "1"):  # llhttp takes HTTP/2.0 as a version
+        if version[:1] != "1":  # llhttp takes HTTP/2.0, and 0.9 for a line without a version
             if self._method == b"PRI":
                 raise BadRequest("an HTTP/2 connection preface: this server speaks HTTP/1.1")
             raise VersionNotSupported(f"HTTP/{version} is not HTTP/1.x")

@@ -222,9 +222,6 @@ VALID: list[Valid] = [
                              (b"Content-Length", b"5")],
                     body=b"hello")],
           upgraded=None),  # closing after it or keeping the connection: both are fine
-    # Recorded behaviour: llhttp accepts HTTP/0.9's request line; the response closes.
-    Valid("http09-request-line",
-          b"GET /\r\n\r\n", [Expected(b"GET", b"/", version="0.9", keep_alive=False)]),
 ]
 
 
@@ -312,6 +309,9 @@ INVALID: list[Invalid] = [
     # llhttp refuses minor versions above 1 with the same error as major versions above 1.
     Invalid("version-1.2", b"GET / HTTP/1.2\r\nHost: example.com\r\n\r\n", 505),
     Invalid("version-3.0", b"GET / HTTP/3.0\r\nHost: example.com\r\n\r\n", 505),
+    # HTTP/0.9 had no version and no headers; llhttp reads both spellings as 0.9.
+    Invalid("http09-request-line", b"GET /\r\n\r\n", 505),
+    Invalid("http09-version", b"GET / HTTP/0.9\r\nHost: example.com\r\n\r\n", 505),
     Invalid("http20-request-line", b"GET / HTTP/2.0\r\nHost: example.com\r\n\r\n", 505),
     Invalid("version-garbage", b"GET / HTTP/x.y\r\nHost: example.com\r\n\r\n", 400),
     Invalid("http2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
