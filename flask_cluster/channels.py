@@ -85,6 +85,16 @@ class WorkerChannels:
             handle.behind_since = None
             self.on_stuck(handle)
 
+    def last_words(self, handle: WorkerHandle, kind: str) -> list[Any]:
+        """The first argument of each ``kind`` frame still unread in the channel of a worker
+        that exited; read before the channel is closed."""
+        try:
+            frames = handle.channel.receive()
+        except ipc.ChannelClosed:
+            return []
+        decoded = [ipc.decode(frame) for frame in frames]
+        return [args[0] for frame_kind, args in decoded if frame_kind == kind]
+
     def _read(self, handle: WorkerHandle) -> None:
         try:
             frames = handle.channel.receive()

@@ -475,27 +475,28 @@ def test_boot_failure_reason_is_kept_when_the_exit_is_seen_first() -> None:
     waitpid lost its reason ("see the worker's traceback above" in status).
 
     In-process, no fork: the order of events of that race, made deterministic."""
-    master = Master(Config(workers=2), lambda: None, "ops")
+    master = Master(Config(workers=1), lambda: None, "ops")
     never = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has these pids
     pairs = [socket.socketpair() for _ in range(2)]
     try:
         running = WorkerHandle(0, 0, never, ipc.MessageChannel(pairs[0][0]), None,
                                master.scoreboard)
-        running.state = "ready"
+        master.roster.add(0, never, 0.0)
+        master.roster.ready(never, 1.0)
         successor = WorkerHandle(0, 1, never + 1, ipc.MessageChannel(pairs[1][0]), None,
                                  master.scoreboard)
+        master.roster.add(0, never + 1, 2.0)
         master.workers = {running.pid: running}  # the successor is being reaped
         # The successor's last words reach its channel, then it exits with the boot-error code.
         ipc.MessageChannel(pairs[1][1]).send_now(
             ipc.encode(ipc.BOOT_FAILED, "SyntaxError: invalid syntax (app.py, line 3)"))
         pairs[1][1].close()
         master._exited(successor, EXIT_BOOT_ERROR << 8)
-        assert master.last_error == \
+        assert master.roster.last_error == \
             "worker 0 failed to boot: SyntaxError: invalid syntax (app.py, line 3)"
     finally:
         for a, b in pairs:
             a.close()
             b.close()
         master.selector.close()
-        master._wake_r.close()
-        master._wake_w.close()
+        master.signals.close()
