@@ -30,6 +30,7 @@ KILL_GRACE = 2.0  # after the polite signal, how long before SIGKILL
 
 class State(enum.Enum):
     BOOTING = "booting"    # forked, loading the app; holds its slot
+    STALLED = "stalled"    # booting past --timeout, told to stop; its exit is a boot failure
     READY = "ready"        # in rotation: gets connections and messages
     RENEWING = "renewing"  # in rotation while a successor boots (max-requests, max-memory)
     RETIRING = "retiring"  # told to finish and exit; its exit is expected
@@ -42,9 +43,14 @@ class State(enum.Enum):
         return _LABELS.get(self, self.value)
 
 
-_LABELS = {State.RENEWING: "ready", State.STUCK: "gone", State.LOST: "gone"}
+_LABELS = {State.STALLED: "booting", State.RENEWING: "ready", State.STUCK: "gone",
+           State.LOST: "gone"}
 SERVING = frozenset({State.READY, State.RENEWING})
-HOLDS_SLOT = frozenset({State.BOOTING, State.READY, State.RENEWING, State.LOST})
+STARTING = frozenset({State.BOOTING, State.STALLED})
+HOLDS_SLOT = frozenset({*STARTING, *SERVING, State.LOST})
+# Signals a process gets from its own faults, not from someone else's kill.
+SELF_INFLICTED = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                            signal.SIGABRT, signal.SIGSYS})
 CURRENT = frozenset({State.BOOTING, State.READY, State.RENEWING})  # what a reload replaces
 
 
@@ -140,6 +146,7 @@ class Roster:
             return []
         member.state = State.READY
         self.boot_crashes = 0
+        self.backoff.reset(member.worker_id)
         return [Log(logging.INFO, f"{member} ready"), *self._reconcile(now)]
 
     def boot_failed(self, pid: int, reason: str) -> None:
@@ -155,30 +162,42 @@ class Roster:
         how = death.describe()
         if self.stopping or member.state is State.RETIRING:
             return [Log(logging.INFO, f"{member} exited ({how})")]
-        lived = now - member.started
-        actions: list[Action] = []
+        if member.state is State.STUCK:  # its successor is on its way already
+            return self._reconcile(now)
         slot = member.worker_id
-        if member.state is State.BOOTING:
-            if death.boot_error:
-                reason = member.boot_error or "see the worker's traceback above"
-                failure = f"worker {slot} failed to boot: {reason}"
-            else:
-                failure = f"worker {slot} died before it was ready ({how})"
-            if self.serving():
-                return self._boot_failed_while_serving(member, failure, lived, now)
-            if death.boot_error:
-                return self._fail(EXIT_APP_LOAD_ERROR, failure, now)
-            self.boot_crashes += 1
-            if self.boot_crashes >= MAX_BOOT_CRASHES:
-                return self._fail(EXIT_CRASH_LOOP, f"workers keep dying before they are ready "
-                                                   f"(last: worker {slot}, {how})", now)
-        if member.state is not State.STUCK:  # a stuck worker's successor is on its way already
-            delay = self.backoff.delay(slot, lived)
-            actions.append(Log(logging.ERROR, f"{member} died after {lived:.1f}s ({how}); "
-                                              f"respawning in {delay:.1f}s"))
-            self.respawn_at[slot] = now + delay
-            self.restarts[slot] = self.restarts.get(slot, 0) + 1
-        return actions + self._reconcile(now)
+        booting = member.state in STARTING
+        if booting and _failed_to_boot(member, death):
+            return self._boot_failed(member, death, now)
+        # Killed from outside before it was ready (the OOM killer, an operator), or died after
+        # it served (a client may have caused it): the app can boot, so no backoff and no count
+        # toward the crash-loop exit. Respawn at once.
+        self.restarts[slot] = self.restarts.get(slot, 0) + 1
+        when = "before it was ready" if booting else f"after {now - member.started:.1f}s"
+        return [Log(logging.ERROR, f"{member} died {when} ({how}); respawning at once"),
+                *self._reconcile(now)]
+
+    def _boot_failed(self, member: Member, death: Death, now: float) -> list[Action]:
+        """A worker that could not boot by its own doing: while others serve, its slot waits
+        out a backoff; with none serving, a reported failure stops the master at once and
+        other failures do after MAX_BOOT_CRASHES in a row."""
+        slot, how = member.worker_id, death.describe()
+        if death.boot_error:
+            reason = member.boot_error or "see the worker's traceback above"
+            failure = f"worker {slot} failed to boot: {reason}"
+        else:
+            failure = f"worker {slot} died before it was ready ({how})"
+        if self.serving():
+            return self._boot_failed_while_serving(member, failure, now)
+        if death.boot_error:
+            return self._fail(EXIT_APP_LOAD_ERROR, failure, now)
+        self.boot_crashes += 1
+        if self.boot_crashes >= MAX_BOOT_CRASHES:
+            return self._fail(EXIT_CRASH_LOOP, f"workers keep dying before they are ready "
+                                               f"(last: worker {slot}, {how})", now)
+        self.restarts[slot] = self.restarts.get(slot, 0) + 1
+        return [Log(logging.ERROR, f"{member} died before it was ready ({how}); respawning at "
+                                   f"once ({self.boot_crashes} of {MAX_BOOT_CRASHES})"),
+                *self._reconcile(now)]
 
     def hung(self, pid: int, now: float) -> list[Action]:
         """Silent past --timeout, or far behind on its messages: stop it (politely, then not)
@@ -267,13 +286,13 @@ class Roster:
                 actions += [Log(logging.WARNING, f"{member} did not stop in time: SIGKILL"),
                             Kill(member.pid)]
                 member.kill_at = None
-            elif member.state is State.BOOTING and member.kill_at is None \
-                    and now - member.started > self.timeout:
+            elif member.state is State.BOOTING and now - member.started > self.timeout:
                 # As gunicorn does, booting counts against --timeout: a worker stuck importing
-                # the app is stopped, and its exit is handled as a crash before ready.
+                # the app is stopped, and its exit is handled as a failure to boot.
                 actions += [Log(logging.ERROR, f"{member} did not boot within "
                                                f"{self.timeout:g}s: stopping it"),
                             Signal(member.pid, signal.SIGTERM)]
+                member.state = State.STALLED
                 member.kill_at = now + KILL_GRACE
         if self.stopping and now >= self.stop_deadline:
             actions += [Kill(pid) for pid in self.members]
@@ -295,6 +314,8 @@ class Roster:
             slots.setdefault(member.worker_id, []).append(member)
         reload_busy = any(self._stale(slot, members) and _booting(members)
                           for slot, members in slots.items())
+        # With no worker serving, a backoff would leave the cluster without one: try now.
+        waits = any(m.state in SERVING for m in self.members.values())
         for slot, members in sorted(slots.items()):
             if slot >= self.target:  # scaled down
                 actions += [a for m in members if m.state in HOLDS_SLOT for a in self._retire(m, now)]
@@ -306,7 +327,8 @@ class Roster:
             if _booting(members):
                 continue
             if current is None:
-                if any(m.state is State.LOST for m in members) or now < self.respawn_at.get(slot, now):
+                if any(m.state is State.LOST for m in members) \
+                        or waits and now < self.respawn_at.get(slot, now):
                     continue
                 self.respawn_at.pop(slot, None)
                 actions.append(Spawn(slot))
@@ -332,7 +354,7 @@ class Roster:
         member.kill_at = now + self.graceful_timeout + KILL_GRACE
         return [Signal(member.pid, signal.SIGTERM)]
 
-    def _boot_failed_while_serving(self, member: Member, failure: str, lived: float,
+    def _boot_failed_while_serving(self, member: Member, failure: str,
                                    now: float) -> list[Action]:
         """A reload, replacement or new worker whose code does not come up: the running workers
         keep serving (the reload and renewals in progress are given up); the reason is logged
@@ -345,7 +367,7 @@ class Roster:
                 other.state = State.READY
         slot = member.worker_id
         if not any(m.state in SERVING for m in self.in_slot(slot)):
-            self.respawn_at[slot] = now + self.backoff.delay(slot, lived)
+            self.respawn_at[slot] = now + self.backoff.delay(slot, now - member.started)
         return [Log(logging.ERROR, f"{failure}; the running workers keep serving"),
                 *self._reconcile(now)]
 
@@ -354,4 +376,15 @@ class Roster:
 
 
 def _booting(members: list[Member]) -> bool:
-    return any(m.state is State.BOOTING for m in members)
+    return any(m.state in STARTING for m in members)
+
+
+def _failed_to_boot(member: Member, death: Death) -> bool:
+    """A death before ready that the worker brought on itself: a reported failure, its own
+    exit code or fault, or a boot that outlasted --timeout. Exit code 0 is how a booting worker
+    obeys TERM or QUIT (from outside, or the master's own)."""
+    if member.state is State.STALLED or death.boot_error:
+        return True
+    if death.signal is not None:
+        return death.signal in SELF_INFLICTED
+    return death.code != 0

@@ -110,49 +110,71 @@ def test_a_worker_that_does_not_boot_within_the_timeout_is_stopped_then_killed()
     assert kills(sim.at(TIMEOUT + 0.1 + KILL_GRACE)) == [pid]
 
 
-# -- crashes and backoff ------------------------------------------------------------------------
+# -- deaths: which back off, which stop the master ---------------------------------------------
 
 
-def test_a_crashed_worker_is_respawned_into_its_slot_after_a_doubling_backoff() -> None:
+@pytest.mark.parametrize("death", [CRASH, SIGKILLED, Death(signal=signal.SIGSEGV)],
+                         ids=["exit-1", "SIGKILL", "SIGSEGV"])
+def test_a_worker_that_served_is_respawned_at_once_into_its_slot_however_it_died(
+        death: Death) -> None:
+    """A client can crash a worker (issue 10): that must not slow the cluster down."""
     sim = Sim(2)
     sim.boot()
-    delays = []
-    for _ in range(4):
+    for crash in range(1, 11):
         pid = sim.pids()[0]
-        actions = sim.do(sim.roster.exited(pid, CRASH, sim.now + 1.0))
-        sim.now += 1.0
-        assert spawns(actions) == []
-        delay = sim.roster.respawn_at[0] - sim.now
-        delays.append(round(delay, 3))
-        assert spawns(sim.at(sim.now + delay - 0.01)) == []
-        assert spawns(sim.at(sim.now + 0.01)) == [0]  # the same worker id
+        actions = sim.do(sim.roster.exited(pid, death, sim.now + 0.2))
+        sim.now += 0.2
+        assert spawns(actions) == [0], crash  # the same worker id, no wait
+        assert "respawning at once" in logged(actions)
+        assert not [a for a in actions if isinstance(a, Exit)]
         sim.do(sim.roster.ready(sim.newest(0), sim.now))
-    assert delays == [0.1, 0.2, 0.4, 0.8]
-    assert sim.roster.restarts == {0: 4}
-    assert set(sim.pids()) == {0, 1}
+    assert sim.roster.restarts == {0: 10} and sim.roster.respawn_at == {}
 
 
-def test_a_worker_that_lived_long_is_respawned_at_once() -> None:
-    sim = Sim(1)
-    pid = sim.boot()[0]
-    actions = sim.do(sim.roster.exited(pid, SIGKILLED, 60.0))
-    assert spawns(actions) == [0]
-    assert "died after 60.0s (killed by SIGKILL); respawning in 0.0s" in logged(actions)
+@pytest.mark.parametrize("death", [SIGKILLED, Death(signal=signal.SIGTERM), Death(code=0)],
+                         ids=["SIGKILL", "SIGTERM", "obeyed-TERM"])
+def test_workers_killed_from_outside_before_ready_never_stop_the_master(death: Death) -> None:
+    """Kill each worker as soon as it appears: respawned at once, every time."""
+    sim = Sim(2)
+    sim.do(sim.roster.start(0.0))
+    for kill in range(40):
+        victim = sim.newest(kill % 2)
+        actions = sim.do(sim.roster.exited(victim, death, sim.now + 0.01))
+        sim.now += 0.01
+        assert spawns(actions) == [kill % 2]
+        assert not [a for a in actions if isinstance(a, Exit)]
+    assert not sim.roster.stopping and sim.roster.last_error is None
+    assert sim.roster.boot_crashes == 0
 
 
-def test_workers_dying_before_ready_again_and_again_stop_the_master() -> None:
+@pytest.mark.parametrize("death", [CRASH, Death(signal=signal.SIGSEGV)], ids=["exit-1", "SIGSEGV"])
+def test_workers_failing_to_boot_by_their_own_doing_stop_the_master(death: Death) -> None:
+    """No worker serves, so each is retried at once; five in a row is a crash loop."""
     sim = Sim(1)
     sim.do(sim.roster.start(0.0))
     for crash in range(1, MAX_BOOT_CRASHES + 1):
-        actions = sim.do(sim.roster.exited(sim.newest(0), CRASH, sim.now + 0.05))
+        actions = sim.do(sim.roster.exited(sim.newest(0), death, sim.now + 0.05))
         sim.now += 0.05
         if crash < MAX_BOOT_CRASHES:
+            assert spawns(actions) == [0]
             assert not [a for a in actions if isinstance(a, Exit)]
-            sim.at(sim.roster.respawn_at[0])
         else:
             assert Exit(EXIT_CRASH_LOOP, "workers keep dying before they are ready "
-                                         "(last: worker 0, exit code 1)") in actions
+                                         f"(last: worker 0, {death.describe()})") in actions
     assert sim.roster.stopping and sim.roster.finished
+
+
+def test_a_boot_that_outlasts_the_timeout_counts_as_a_failure_to_boot() -> None:
+    sim = Sim(1)
+    sim.do(sim.roster.start(0.0))
+    for _ in range(MAX_BOOT_CRASHES):
+        pid = sim.newest(0)
+        actions = sim.at(sim.now + TIMEOUT + 0.1)
+        assert signals(actions) == [(pid, signal.SIGTERM)]
+        assert "did not boot within 30s" in logged(actions)
+        assert kills(sim.at(sim.now + KILL_GRACE)) == [pid]
+        actions = sim.do(sim.roster.exited(pid, SIGKILLED, sim.now))
+    assert [a for a in actions if isinstance(a, Exit)][0].code == EXIT_CRASH_LOOP
 
 
 def test_a_ready_worker_resets_the_crash_loop_count() -> None:
@@ -160,9 +182,43 @@ def test_a_ready_worker_resets_the_crash_loop_count() -> None:
     sim.do(sim.roster.start(0.0))
     for _ in range(MAX_BOOT_CRASHES - 1):
         sim.do(sim.roster.exited(sim.newest(0), CRASH, sim.now))
-        sim.at(sim.roster.respawn_at[0])
     sim.do(sim.roster.ready(sim.newest(0), sim.now))
     assert sim.roster.boot_crashes == 0
+
+
+def test_a_reported_boot_failure_while_others_serve_backs_off_doubling() -> None:
+    sim = Sim(3)
+    sim.boot()
+    sim.do(sim.roster.exited(sim.pids()[2], SIGKILLED, 1.0))  # respawned at once...
+    sim.now = 1.0
+    delays = []
+    for _ in range(4):  # ... into code that no longer loads (a deploy went wrong)
+        pid = sim.newest(2)
+        actions = sim.do(sim.roster.exited(pid, BOOT_ERROR, sim.now + 0.5))
+        sim.now += 0.5
+        assert spawns(actions) == [] and "the running workers keep serving" in logged(actions)
+        delay = sim.roster.respawn_at[2] - sim.now
+        delays.append(round(delay, 3))
+        assert spawns(sim.at(sim.now + delay - 0.01)) == []
+        assert spawns(sim.at(sim.now + 0.01)) == [2]
+    assert delays == [0.1, 0.2, 0.4, 0.8]
+    assert not sim.roster.stopping
+    # Once it boots, the next failure starts from the first delay again.
+    sim.do(sim.roster.ready(sim.newest(2), sim.now))
+    sim.do(sim.roster.exited(sim.pids()[2], SIGKILLED, sim.now))
+    sim.do(sim.roster.exited(sim.newest(2), BOOT_ERROR, sim.now + 0.5))
+    assert round(sim.roster.respawn_at[2] - sim.now - 0.5, 3) == 0.1
+
+
+def test_no_backoff_leaves_the_cluster_without_a_ready_worker() -> None:
+    sim = Sim(2)
+    pids = sim.boot()
+    sim.do(sim.roster.exited(pids[1], SIGKILLED, 1.0))
+    sim.do(sim.roster.exited(sim.newest(1), BOOT_ERROR, 1.5))  # slot 1 waits 0.1 s...
+    assert 1 in sim.roster.respawn_at
+    sim.now = 1.51
+    actions = sim.do(sim.roster.exited(pids[0], SIGKILLED, 1.51))  # ... the last one is gone
+    assert sorted(spawns(actions)) == [0, 1]  # both now: someone may boot
 
 
 def test_an_app_that_cannot_load_stops_the_master_with_its_reason() -> None:
@@ -196,14 +252,13 @@ def test_a_hung_worker_is_signalled_replaced_at_once_then_killed() -> None:
     assert sim.roster.restarts == {1: 1}
 
 
-def test_a_lost_worker_leaves_rotation_and_its_exit_counts_as_a_crash() -> None:
+def test_a_lost_worker_leaves_rotation_and_is_respawned_when_reaped() -> None:
     sim = Sim(2)
     lost = sim.boot()[0]
     assert "no more connections" in logged(sim.roster.lost(lost))
     assert [m.worker_id for m in sim.roster.serving()] == [1]
     assert sim.at(1.0) == []  # its slot is still held until it is reaped
-    sim.do(sim.roster.exited(lost, CRASH, 1.0))
-    assert spawns(sim.at(1.0 + 0.1)) == [0]
+    assert spawns(sim.do(sim.roster.exited(lost, CRASH, 1.0))) == [0]
 
 
 # -- rolling reload -----------------------------------------------------------------------------
@@ -268,6 +323,16 @@ def test_reload_whose_new_code_fails_to_boot_keeps_the_old_workers_serving() -> 
     assert spawns(sim.do(sim.roster.reload(61.0))) == [0]
 
 
+def test_a_reload_successor_killed_from_outside_is_respawned_and_the_reload_goes_on() -> None:
+    sim = Sim(2)
+    old = sim.boot()
+    sim.do(sim.roster.reload(1.0))
+    actions = sim.do(sim.roster.exited(sim.newest(0), SIGKILLED, 1.2))
+    assert spawns(actions) == [0] and sim.roster.reloading and sim.roster.last_error is None
+    assert spawns(sim.do(sim.roster.ready(sim.newest(0), 2.0))) == [1]
+    assert sim.state(old[0]) is State.RETIRING
+
+
 # -- scale ---------------------------------------------------------------------------------------
 
 
@@ -291,9 +356,11 @@ def test_scale_up_spawns_new_slots_and_scale_down_retires_the_highest() -> None:
 
 def test_scale_down_drops_a_pending_respawn_of_a_removed_slot() -> None:
     sim = Sim(2)
-    pids = sim.boot()
-    sim.do(sim.roster.exited(pids[1], CRASH, 1.0))
-    sim.do(sim.roster.scale(1, 1.01))
+    sim.boot()
+    sim.do(sim.roster.scale(3, 1.0))
+    sim.do(sim.roster.exited(sim.newest(2), BOOT_ERROR, 1.0))
+    assert 2 in sim.roster.respawn_at
+    sim.do(sim.roster.scale(2, 1.01))
     assert sim.roster.respawn_at == {} and spawns(sim.at(20.0)) == []
 
 
