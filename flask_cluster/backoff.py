@@ -1,8 +1,8 @@
-"""How long to wait before respawning a worker that died, per worker id.
+"""How long to wait before respawning a worker number whose new worker failed to boot.
 
-Modelled on pm2's ``exp_backoff_restart_delay``: a worker that dies soon after it started waits
-twice as long as last time, up to a cap; one that lived for a stable period respawns at once and
-resets its delay.
+Modelled on pm2's ``exp_backoff_restart_delay``: each failure in a row waits twice as long as
+the last, up to a cap; a boot that succeeds resets the delay. The roster only applies it to
+failures the app caused, and only while other workers serve.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ class Backoff:
         self.cap = cap
         self.stable_after = stable_after
         self._delays: dict[int, float] = {}
+
+    def reset(self, worker_id: int) -> None:
+        """``worker_id`` booted: its next failure starts from the first delay again."""
+        self._delays.pop(worker_id, None)
 
     def delay(self, worker_id: int, lived: float) -> float:
         """The wait before respawning ``worker_id``, which died after ``lived`` seconds."""

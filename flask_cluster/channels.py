@@ -85,6 +85,14 @@ class WorkerChannels:
             handle.behind_since = None
             self.on_stuck(handle)
 
+    def last_words(self, handle: WorkerHandle) -> list[wire.Message]:
+        """The messages still unread in the channel of a worker that exited; read before the
+        channel is closed."""
+        try:
+            return wire.receive(handle.channel)
+        except ipc.ChannelClosed:
+            return []
+
     def _read(self, handle: WorkerHandle) -> None:
         try:
             messages = wire.receive(handle.channel)

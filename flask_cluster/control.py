@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import selectors
 import socket
 import stat
 import struct
@@ -18,6 +19,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from .config import Config
 
 MAX_REQUEST = 64 * 1024
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -89,8 +92,18 @@ def control_path(*, explicit: str | None, pid_file: str | None, uds: str | None,
     return str(base / f"{name}.ctl")
 
 
+def open_control(config: Config, listener: socket.socket, app_name: str,
+                 master: Controlled) -> ControlServer:
+    """The control socket for the cluster serving on ``listener``."""
+    port = listener.getsockname()[1] if listener.family != socket.AF_UNIX else 0
+    path = control_path(explicit=config.control_socket, pid_file=config.pid, uds=config.uds,
+                        app_name=app_name, host=config.host, port=port)
+    default = not (config.control_socket or config.pid or config.uds)
+    return ControlServer(path, lambda request: execute(request, master), private_dir=default)
+
+
 class ControlServer:
-    """Non-blocking: the master's loop calls :meth:`on_accept` and :meth:`on_readable`."""
+    """Non-blocking: :meth:`watch` puts it on the master's selector."""
 
     def __init__(self, path: str, handler: Handler, *, private_dir: bool = False) -> None:
         """``private_dir``: the directory is the default one we chose, so it must be ours alone
@@ -121,6 +134,19 @@ class ControlServer:
         self.sock.setblocking(False)
         self.clients: dict[socket.socket, bytearray] = {}
         self.refused: set[socket.socket] = set()
+
+    def watch(self, selector: selectors.BaseSelector) -> None:
+        def on_readable(client: Any, _mask: int) -> None:
+            selector.unregister(client)
+            if not self.read(client):
+                selector.register(client, selectors.EVENT_READ, on_readable)
+
+        def on_accept(_sock: Any, _mask: int) -> None:
+            client = self.accept()
+            if client is not None:
+                selector.register(client, selectors.EVENT_READ, on_readable)
+
+        selector.register(self.sock, selectors.EVENT_READ, on_accept)
 
     def accept(self) -> socket.socket | None:
         try:

@@ -1,11 +1,9 @@
-"""The master's record of one worker process, and how a dead one's exit reads in the log."""
+"""The master's record of one worker process: its channels and hand-off counts (the I/O side;
+its supervision state is in :mod:`.roster`)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,20 +25,10 @@ class WorkerHandle:
         # took can be taken back once it is dead (see Dispatcher.take_back).
         self.reclaim: socket.socket | None = None
         self.scoreboard = scoreboard
-        # booting -> ready -> retiring (told to finish and exit); "gone" once it is known to be
-        # dead or stuck but not yet reaped. Only "ready" workers get connections and messages.
-        self.state = "booting"
-        self.replaced = False  # a successor was started already: do not respawn on exit
-        self.started = time.monotonic()
-        self.kill_at: float | None = None  # SIGKILL if still alive then
-        self.boot_error: str | None = None
-        self.restarts = 0
         self.sent = 0  # connections passed to it
-        self.over_memory = 0  # consecutive checks above --max-memory
         self.wants_write = False  # registered for EVENT_WRITE: messages wait for the worker
         self.behind_since: float | None = None  # since when its message backlog is too large
         self.on_event: Callable[[Any, int], None] = lambda _sock, _mask: None
-        self.renewing = False  # a successor is on its way
 
     @property
     def untaken(self) -> int:
@@ -62,13 +50,3 @@ class WorkerHandle:
     def __repr__(self) -> str:
         return f"worker {self.worker_id} (pid {self.pid})"
 
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by {name}"
-    return f"exit code {os.WEXITSTATUS(status)}"

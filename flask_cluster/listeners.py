@@ -151,6 +151,14 @@ def stop_listening(sock: socket.socket | None) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+def close_listener(sock: socket.socket | None, uds: str | None, inherited: bool) -> None:
+    """Close our listener; remove its Unix socket file unless it was handed to us."""
+    close_quietly(sock)
+    if uds and sock is not None and not inherited:
+        with contextlib.suppress(OSError):
+            os.unlink(uds)
+
+
 def close_quietly(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):

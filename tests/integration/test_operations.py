@@ -1,5 +1,5 @@
 """Operations with real processes under real load: rolling reloads (also of broken code), scaling,
-hung workers, max-requests and max-memory renewal, crash backoff, ``--reload`` and ``--pid``.
+hung workers, max-requests and max-memory renewal, crashes, ``--reload`` and ``--pid``.
 
 Each test starts its own cluster (one or two workers, ``--graceful-timeout 5``), drives it over
 HTTP on 127.0.0.1 and polls for every condition with a deadline; the fixtures kill the whole
@@ -33,7 +33,7 @@ from tests.ops_apps.client import Load, cluster_in, ctl_ok, log_messages, status
 TEMPLATE = ROOT / "tests" / "ops_apps" / "changing.py"
 OPS = "tests.ops_apps.ops"
 DIED = re.compile(r"worker (?P<id>\d+) \(pid (?P<pid>\d+)\) died after (?P<lived>[\d.]+)s "
-                  r"\(exit code 1\); respawning in (?P<delay>[\d.]+)s")
+                  r"\(exit code 1\); respawning at once")
 
 
 def measured(what: str, value: object) -> None:
@@ -297,49 +297,33 @@ def test_max_requests_with_jitter_recycles_workers_at_different_times(
     assert_no_failed_request(load)
 
 
-# -- 6. crash backoff ------------------------------------------------------------------------------
+# -- 6. crashes caused by requests ---------------------------------------------------------------
 
 
-def test_crash_loop_backs_off_and_the_other_worker_keeps_serving(
+def test_worker_crashing_on_requests_is_respawned_at_once_and_the_other_keeps_serving(
         start_cluster: StartCluster) -> None:
+    """A worker that was ready and served, then crashed (a client may have caused it), is
+    respawned at once: no backoff, no crash-loop exit, however often it happens."""
     cluster = start_cluster(OPS, workers=2)
     other = cluster.ready_pids[1]
-    started = time.monotonic()
     with Load(cluster, "/crash", new=2, keep=0, timeout=5.0, pause=0.02) as crasher, \
             Load(cluster, "/worker", new=1, keep=0, timeout=5.0, pause=0.02) as serving:
-        # 0.1 + 0.2 + ... + 12.8 = 25.5 s of delays before the capped one.
-        wait_log_count(cluster, "respawning in 15.0s", 1, timeout=45)
-    elapsed = time.monotonic() - started
+        wait_log_count(cluster, "died after", 10, timeout=60)
+        wait_until(lambda: serving.count() >= 50, 30, message="the other worker to serve more")
     log = cluster.log()
-    crashes = [(stamp, DIED.search(message)) for stamp, message in log_messages(log)
-               if DIED.search(message)]
-    delays = [float(m["delay"]) for _, m in crashes if m]
-    measured("respawn delays seen (s)", delays)
-    measured("crashes in (s)", round(elapsed, 1))
-    measured("crash-loop /worker failures, answered", (len(serving.failures), serving.count()))
+    crashes = [m for _, message in log_messages(log) if (m := DIED.search(message))]
+    measured("crashes / /worker failures, answered",
+             (len(crashes), (len(serving.failures), serving.count())))
 
     assert cluster.proc.poll() is None
-    assert all(m and m["id"] == "0" for _, m in crashes), "only worker 0 crashes"
-    pids = [m["pid"] for _, m in crashes if m]
+    assert len(crashes) >= 10 and all(m["id"] == "0" for m in crashes), "only worker 0 crashes"
+    assert "respawning in" not in log and "keep dying" not in log
+    pids = [m["pid"] for m in crashes]
     assert len(pids) == len(set(pids)), "one log line per crash"
-    # The backoff doubles from 0.1 s and is capped at 15 s; each respawn waited for it.
-    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 15.0]
-    for (before, _), (after, _), delay in zip(crashes, crashes[1:], delays, strict=False):
-        assert after - before >= delay - 0.01, "no respawn before its delay"
-    allowed, spent = 0, 0.0
-    while spent <= elapsed:  # crashes the backoff allows in the time we hammered
-        spent += min(15.0, 0.1 * 2 ** allowed)
-        allowed += 1
-    assert len(crashes) <= allowed, (len(crashes), allowed)
-    assert log.count("died after") == len(crashes)
-    assert len(re.findall(r"worker 0 \(pid \d+\) ready", log)) == len(crashes), \
-        "every crash respawned once, after its delay (the last one is still waiting)"
-    # Worker 1 kept answering all along, and still does.
-    times = [o.at for o in serving.outcomes if o.body["pid"] == other]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    measured("longest gap between answers of the surviving worker (s)", round(max(gaps), 2))
-    assert len(times) >= 50 and max(gaps) < 3.0
+    # Every crash was followed by a respawn that became ready (the last may still boot).
+    assert len(re.findall(r"worker 0 \(pid \d+\) ready", log)) >= len(crashes)
     assert {o.body["pid"] for o in crasher.outcomes} == {other}
+    assert len([o for o in serving.outcomes if o.body["pid"] == other]) >= 25
     assert cluster.get_json("/worker")["pid"] in (other, *cluster.worker_pids())
 
 
@@ -475,27 +459,28 @@ def test_boot_failure_reason_is_kept_when_the_exit_is_seen_first() -> None:
     waitpid lost its reason ("see the worker's traceback above" in status).
 
     In-process, no fork: the order of events of that race, made deterministic."""
-    master = Master(Config(workers=2), lambda: None, "ops")
+    master = Master(Config(workers=1), lambda: None, "ops")
     never = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has these pids
     pairs = [socket.socketpair() for _ in range(2)]
     try:
         running = WorkerHandle(0, 0, never, ipc.MessageChannel(pairs[0][0]), None,
                                master.scoreboard)
-        running.state = "ready"
+        master.roster.add(0, never, 0.0)
+        master.roster.ready(never, 1.0)
         successor = WorkerHandle(0, 1, never + 1, ipc.MessageChannel(pairs[1][0]), None,
                                  master.scoreboard)
+        master.roster.add(0, never + 1, 2.0)
         master.workers = {running.pid: running}  # the successor is being reaped
         # The successor's last words reach its channel, then it exits with the boot-error code.
         ipc.MessageChannel(pairs[1][1]).send_now(
             wire.encode(wire.BootFailed("SyntaxError: invalid syntax (app.py, line 3)")))
         pairs[1][1].close()
         master._exited(successor, EXIT_BOOT_ERROR << 8)
-        assert master.last_error == \
+        assert master.roster.last_error == \
             "worker 0 failed to boot: SyntaxError: invalid syntax (app.py, line 3)"
     finally:
         for a, b in pairs:
             a.close()
             b.close()
         master.selector.close()
-        master._wake_r.close()
-        master._wake_w.close()
+        master.signals.close()

@@ -3,6 +3,7 @@ cannot load, and options the command line refuses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -103,6 +104,35 @@ def untaken_by(control_socket: Path, pid: int) -> int:
     """Connections the master passed to worker ``pid`` that it has not taken (0 if none)."""
     return sum(worker["untaken"] for worker in status(control_socket)["workers"]
                if worker["pid"] == pid)
+
+
+def test_workers_killed_as_soon_as_they_appear_do_not_stop_the_master(
+        start_cluster: StartCluster) -> None:
+    """SIGKILL from outside (the OOM killer, an operator) is not the app failing to boot: each
+    worker is respawned at once, however often, and the master never gives up. Bounded by a
+    count of kills (and a deadline that only stops a hung run)."""
+    cluster = start_cluster("tests.apps.basic", workers=2)
+    killed: list[int] = []
+    deadline = time.monotonic() + 20.0
+    while len(killed) < 40 and time.monotonic() < deadline:
+        assert cluster.proc.poll() is None, cluster.log()
+        for pid in cluster.worker_pids():
+            if pid not in killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.002)
+    log = cluster.log()
+    before_ready = [pid for pid in killed if f"(pid {pid}) ready" not in log]
+    print(f"MEASURED kills / before ready: {len(killed)} / {len(before_ready)}")
+
+    assert len(killed) >= 20, f"only {len(killed)} workers appeared to be killed:\n{log}"
+    assert len(before_ready) >= 10
+    assert cluster.proc.poll() is None, log
+    cluster.wait_ready([0, 1], 30, not_pids=frozenset(killed))
+    assert cluster.request("/").status == 200
+    log = cluster.log()
+    assert "keep dying" not in log and "respawning in" not in log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])

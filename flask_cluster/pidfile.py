@@ -1,0 +1,22 @@
+"""The ``--pid`` file: written at start, removed at exit only while it still names us."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+def write_pid(path: str | None, pid: int) -> None:
+    if path:
+        with open(path, "w") as pid_file:
+            pid_file.write(f"{pid}\n")
+
+
+def remove_pid(path: str | None, pid: int) -> None:
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        with open(path) as pid_file:
+            ours = pid_file.read().strip() == str(pid)
+        if ours:
+            os.unlink(path)

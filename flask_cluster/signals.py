@@ -1,0 +1,48 @@
+"""The master's signals: handlers only record them and wake the loop; the loop acts on them."""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import socket
+from collections import deque
+from typing import Any
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+
+
+class SignalQueue:
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self.wake_r, self.wake_w = socket.socketpair()
+
+    def install(self, selector: selectors.BaseSelector) -> None:
+        for sock in (self.wake_r, self.wake_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._record)
+        selector.register(self.wake_r, selectors.EVENT_READ, self._drain)
+
+    def _record(self, signum: int, _frame: Any) -> None:
+        self.pending.append(signum)
+
+    def _drain(self, sock: socket.socket, _mask: int) -> None:
+        try:
+            while sock.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.wake_r.close()
+        self.wake_w.close()
+
+
+def default_handlers() -> None:
+    """In a forked worker: the master's handlers and wake-up socket are not its own."""
+    signal.set_wakeup_fd(-1)
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
