@@ -70,8 +70,8 @@ def _consume(app_iter: Iterable[bytes]) -> None:
 def ceilings() -> list[tuple[str, float]]:
     from werkzeug.test import EnvironBuilder
 
-    from flask_cluster.protocol import Limits, RequestParser
-    from flask_cluster.wsgi import Response, base_environ, build_environ
+    from flask_cluster.http.parser import Limits, RequestParser
+    from flask_cluster.http.wsgi import Response, base_environ, build_environ
 
     from .apps import app, raw_app
 

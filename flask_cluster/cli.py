@@ -12,12 +12,13 @@ from typing import Any
 import click
 from flask.cli import ScriptInfo, pass_script_info
 
-from .access import AccessLogFormatError, check_format
 from .config import Config, click_options, option_name
-from .control import ControlError, control_path, request
 from .listeners import ListenError
-from .master import Master
+from .master.control import ControlError, control_path, request
+from .master.process import Master
 from .tls import TLSConfigError
+from .worker.access_log import AccessLogFormatError, check_format
+from .worker.process import run_worker
 
 
 def _check_platform() -> None:
@@ -54,7 +55,7 @@ def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     _configure_logging()
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     try:
-        code = Master(config, info.load_app, app_name).run()
+        code = Master(config, info.load_app, app_name, run_worker).run()
     except (ListenError, TLSConfigError, ControlError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)

@@ -1,4 +1,4 @@
-"""Raw HTTP/1.x requests and what :class:`flask_cluster.protocol.RequestParser` must make of them.
+"""Raw HTTP/1.x requests and what :class:`flask_cluster.http.parser.RequestParser` must make of them.
 
 In the spirit of gunicorn's ``tests/requests/{valid,invalid}``: each valid case is the bytes a
 client sends and the requests the parser must produce; each invalid case is the bytes and the

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_cluster.errors import HTTPError
-from flask_cluster.protocol import Limits, Request, RequestParser
+from flask_cluster.http.errors import HTTPError
+from flask_cluster.http.parser import Limits, Request, RequestParser
 from tests.requests_cases import INVALID, VALID, Expected, Invalid, Valid
 
 SPLITS = ["whole", "bytewise", "seed-1", "seed-2", "seed-3", "seed-4"]

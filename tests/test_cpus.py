@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flask_cluster import cpus
-from flask_cluster.cpus import cgroup_quota, own_cgroups, usable_cpus
+from flask_cluster.master import cpus
+from flask_cluster.master.cpus import cgroup_quota, own_cgroups, usable_cpus
 
 
 def write(root: Path, name: str, text: str) -> None:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from flask_cluster import dispatch, ipc
-from flask_cluster.dispatch import Accepted, Dispatcher, LeastBusy, RoundRobin, chooser, hand_off
+from flask_cluster import ipc
+from flask_cluster.master import dispatch
+from flask_cluster.master.dispatch import Accepted, Dispatcher, LeastBusy, RoundRobin, chooser, hand_off
 
 
 @dataclass(eq=False)

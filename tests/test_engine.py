@@ -29,14 +29,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import flask_cluster.connection
-import flask_cluster.engine
-from flask_cluster.access import AccessLog
-from flask_cluster.connection import HIGH_WATER, Connection
-from flask_cluster.engine import Engine
-from flask_cluster.errors import HTTPError
-from flask_cluster.protocol import Limits, RequestParser
-from flask_cluster.wsgi import base_environ
+import flask_cluster.worker.connection
+import flask_cluster.worker.engine
+from flask_cluster.http.errors import HTTPError
+from flask_cluster.http.parser import Limits, RequestParser
+from flask_cluster.http.wsgi import base_environ
+from flask_cluster.worker.access_log import AccessLog
+from flask_cluster.worker.connection import HIGH_WATER, Connection
+from flask_cluster.worker.engine import Engine
 
 T = TypeVar("T")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -359,7 +359,7 @@ def make_app(state: AppState) -> WSGIApp:
 @pytest.fixture
 def fast_tick(monkeypatch: pytest.MonkeyPatch) -> None:
     """Housekeeping (timeouts) every 0.1 s instead of every second, so timeout tests are quick."""
-    monkeypatch.setattr(flask_cluster.engine, "TICK", 0.1)
+    monkeypatch.setattr(flask_cluster.worker.engine, "TICK", 0.1)
 
 
 @pytest.fixture
@@ -849,7 +849,7 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(count)
         return real(out_fd, in_fd, offset, count)
 
-    monkeypatch.setattr(flask_cluster.connection.os, "sendfile", spy)
+    monkeypatch.setattr(flask_cluster.worker.connection.os, "sendfile", spy)
     return calls
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from flask_cluster import wire
-from flask_cluster.hub import Deliver, Hub, LocalRelay
+from flask_cluster.master.hub import Deliver, Hub, LocalRelay
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_cluster import FlaskCluster, ipc, wire
-from flask_cluster.messaging import WorkerMessenger
+from flask_cluster.worker.messenger import WorkerMessenger
 
 
 @pytest.fixture

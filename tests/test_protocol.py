@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from flask_cluster.errors import (
+from flask_cluster.http.errors import (
     BadRequest,
     ExpectationFailed,
     HeadersTooLarge,
@@ -20,7 +20,7 @@ from flask_cluster.errors import (
     PayloadTooLarge,
     URITooLong,
 )
-from flask_cluster.protocol import Limits, RequestParser
+from flask_cluster.http.parser import Limits, RequestParser
 
 SEEDS = [0, 1, 2, 3]
 

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from flask_cluster.actions import Abandon, Action, Exit, Kill, Log, Signal, Spawn, StopAccepting
-from flask_cluster.roster import (
+from flask_cluster.master.actions import Abandon, Action, Exit, Kill, Log, Signal, Spawn, StopAccepting
+from flask_cluster.master.roster import (
     EXIT_APP_LOAD_ERROR,
     EXIT_CRASH_LOOP,
     KILL_GRACE,

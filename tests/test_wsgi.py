@@ -13,8 +13,8 @@ from wsgiref.validate import check_environ
 
 import pytest
 
-from flask_cluster.protocol import Limits, Request, RequestParser
-from flask_cluster.wsgi import (
+from flask_cluster.http.parser import Limits, Request, RequestParser
+from flask_cluster.http.wsgi import (
     FileWrapper,
     Response,
     ResponseError,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from flask_cluster.control import ControlError, request
+from flask_cluster.master.control import ControlError, request
 from tests.conftest import ROOT, STARTUP, StartCluster, alive, wait_until
 from tests.ops_apps.client import cluster_in, ctl, ctl_ok, status
 

@@ -24,9 +24,9 @@ import pytest
 
 from flask_cluster import ipc, wire
 from flask_cluster.config import Config
-from flask_cluster.handle import WorkerHandle
-from flask_cluster.master import Master
-from flask_cluster.worker import EXIT_BOOT_ERROR
+from flask_cluster.contract import EXIT_BOOT_ERROR
+from flask_cluster.master.process import Master
+from flask_cluster.master.worker_handle import WorkerHandle
 from tests.conftest import ROOT, StartCluster, alive, read_reply, wait_until
 from tests.ops_apps.client import Load, cluster_in, ctl_ok, log_messages, status, wait_log_count, wait_settled
 
@@ -459,7 +459,7 @@ def test_boot_failure_reason_is_kept_when_the_exit_is_seen_first() -> None:
     waitpid lost its reason ("see the worker's traceback above" in status).
 
     In-process, no fork: the order of events of that race, made deterministic."""
-    master = Master(Config(workers=1), lambda: None, "ops")
+    master = Master(Config(workers=1), lambda: None, "ops", lambda spec: 0)
     never = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has these pids
     pairs = [socket.socketpair() for _ in range(2)]
     try:

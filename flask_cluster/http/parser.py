@@ -7,13 +7,13 @@ a temporary file, and turns every problem into an :class:`HTTPError` that knows 
 from __future__ import annotations
 
 import io
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from typing import IO
 
 import httptools
 
+from .body import RequestBody
 from .chunked import ChunkedBody
 from .errors import (
     BadRequest,
@@ -96,33 +96,6 @@ END_OF_HEAD = b"\r\n\r\n"  # llhttp takes no bare LF, so this ends every head
 _BETWEEN, _METHOD, _HEAD, _BODY, _CHUNKED, _UPGRADED = range(6)
 
 
-class _Body:
-    """A request body that stays in memory while small and moves to a temporary file past the
-    spool threshold, so a large upload never sits in the worker's memory whole."""
-
-    __slots__ = ("buffer", "size", "threshold", "limit")
-
-    def __init__(self, threshold: int, limit: int) -> None:
-        self.buffer: IO[bytes] = io.BytesIO()
-        self.size = 0
-        self.threshold = threshold
-        self.limit = limit
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.limit and self.size > self.limit:
-            raise PayloadTooLarge(f"body exceeds {self.limit} bytes")
-        if self.size > self.threshold and isinstance(self.buffer, io.BytesIO):
-            spooled = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the request from here on
-            spooled.write(self.buffer.getbuffer())
-            self.buffer = spooled
-        self.buffer.write(data)
-
-    def finish(self) -> IO[bytes]:
-        self.buffer.seek(0)
-        return self.buffer
-
-
 class _IgnoredUpgrade:
     """The body of a request whose ``Upgrade`` we ignore, as RFC 9110 7.8 allows (we never switch
     protocols). llhttp stops at the end of such a head, so a parser of its own reads the body
@@ -132,7 +105,7 @@ class _IgnoredUpgrade:
                  framing: list[tuple[bytes, bytes]]) -> None:
         self.owner = owner
         self.request = request
-        self.body = _Body(owner.limits.spool_threshold, owner.limits.max_body)
+        self.body = RequestBody(owner.limits.spool_threshold, owner.limits.max_body)
         self.done = False
         self.parser = httptools.HttpRequestParser(self)
         fields = b"".join(name + b": " + value + b"\r\n" for name, value in framing)
@@ -186,7 +159,7 @@ class RequestParser:
         self._target = split_target(b"GET", b"/")
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
-        self._body: _Body | None = None
+        self._body: RequestBody | None = None
         self._keep_alive = True
         self._expect_continue = False
         self._ignored_upgrade: _IgnoredUpgrade | None = None
@@ -394,8 +367,8 @@ class RequestParser:
         if self._state != _CHUNKED:  # llhttp sees a chunked body's head only
             self._complete()
 
-    def _new_body(self) -> _Body:
-        return _Body(self.limits.spool_threshold, self.limits.max_body)
+    def _new_body(self) -> RequestBody:
+        return RequestBody(self.limits.spool_threshold, self.limits.max_body)
 
     def _complete(self) -> None:
         body = self._body.finish() if self._body is not None else io.BytesIO()

@@ -20,25 +20,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import wire
+from .. import wire
+from ..config import Config
+from ..contract import RunWorker
+from ..listeners import close_listener, close_quietly, describe, open_listener, stop_listening
+from ..proctitle import set_title
+from ..scoreboard import HEARTBEAT_MS, RSS_KIB, Scoreboard, now_ms
+from ..tls import server_context
 from .actions import Abandon, Action, Exit, Kill, Log, Signal, Spawn, StopAccepting
 from .channels import WorkerChannels
-from .config import Config
 from .control import ControlError, ControlServer, open_control
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
-from .handle import WorkerHandle
 from .hub import Hub
-from .listeners import close_listener, close_quietly, describe, open_listener, stop_listening
 from .pidfile import remove_pid, write_pid
-from .proctitle import set_title
 from .roster import SERVING, Roster
-from .scoreboard import HEARTBEAT_MS, RSS_KIB, Scoreboard, now_ms
 from .signals import SignalQueue
+from .source_watch import SourceWatcher
 from .spawn import Spawner, decode_status
 from .status import cluster_status
-from .tls import server_context
-from .watch import SourceWatcher
+from .worker_handle import WorkerHandle
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -49,8 +50,10 @@ RESPONSIVE_MS = 1500  # a worker's loop beats every 0.5 s; older than this, it i
 
 
 class Master:
-    def __init__(self, config: Config, load_app: Callable[[], Any], app_name: str) -> None:
+    def __init__(self, config: Config, load_app: Callable[[], Any], app_name: str,
+                 run_worker: RunWorker) -> None:
         self.config = config
+        self.run_worker = run_worker
         self.load_app = load_app
         self.app_name = app_name
         self.workers: dict[int, WorkerHandle] = {}  # by pid: the I/O side of each roster member
@@ -105,7 +108,7 @@ class Master:
         write_pid(config.pid, self.pid)
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
-                               self.listener, self.pid)
+                               self.listener, self.pid, self.run_worker)
         if self._master_accepts:
             self.dispatcher = Dispatcher(self.listener, self.selector, config.balance,
                                          self._dispatchable, self._lost,

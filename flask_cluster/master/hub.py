@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import wire
+from .. import wire
 
 log = logging.getLogger("flask_cluster.master")
 

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from .wsgi import Response
+from ..http.wsgi import Response
 
 COMMON_FORMAT = '{remote} - - [{time}] "{method} {uri} {protocol}" {status} {size}'
 STARTED = "flask_cluster.started"  # environ key: perf_counter() when the request was taken up

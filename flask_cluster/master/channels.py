@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import ipc, wire
-from .handle import WorkerHandle
+from .. import ipc, wire
 from .hub import MAX_WORKER_BACKLOG
+from .worker_handle import WorkerHandle
 
 log = logging.getLogger("flask_cluster.master")
 

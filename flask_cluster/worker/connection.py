@@ -13,9 +13,9 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import HTTPError
-from .protocol import RequestParser
-from .wsgi import error_response
+from ..http.errors import HTTPError
+from ..http.parser import RequestParser
+from ..http.wsgi import error_response
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -7,8 +7,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from . import ipc
-from .scoreboard import CONNECTIONS, IN_FLIGHT, RECEIVED, Scoreboard
+from .. import ipc
+from ..scoreboard import CONNECTIONS, IN_FLIGHT, RECEIVED, Scoreboard
 
 
 class WorkerHandle:

@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..http.parser import Request
+from ..http.wsgi import FileWrapper, Response
 from .connection import HIGH_WATER, Connection
-from .protocol import Request
-from .wsgi import FileWrapper, Response
 
 if TYPE_CHECKING:
     from .engine import Engine

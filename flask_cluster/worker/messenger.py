@@ -22,13 +22,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from . import ipc, wire
+from .. import ipc, wire
 
 if TYPE_CHECKING:
     from flask import Flask
 
+    from ..extension import FlaskCluster
     from .engine import Engine
-    from .extension import FlaskCluster
 
 log = logging.getLogger("flask_cluster.worker")
 

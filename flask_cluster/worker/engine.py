@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .access import STARTED, AccessLog
+from ..http.errors import ServerFault
+from ..http.parser import Limits, Request
+from ..http.wsgi import Response, WSGIApp, apply_forwarded, build_environ, error_response
+from ..listeners import ACCEPT_SKIP_ERRORS, no_delay
+from .access_log import STARTED, AccessLog
 from .connection import HIGH_WATER, Connection, TLSConnection
-from .errors import ServerFault
-from .exchange import InlineExchange, ThreadedExchange, file_to_send
-from .listeners import ACCEPT_SKIP_ERRORS, no_delay
-from .protocol import Limits, Request
-from .wsgi import Response, WSGIApp, apply_forwarded, build_environ, error_response
+from .in_flight import InlineExchange, ThreadedExchange, file_to_send
 
 log = logging.getLogger("flask_cluster.worker")
 

@@ -14,20 +14,22 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import ipc
-from .config import Config
-from .handle import WorkerHandle
-from .listeners import close_quietly
+from .. import ipc
+from ..config import Config
+from ..contract import EXIT_BOOT_ERROR, RunWorker, WorkerSockets, WorkerSpec
+from ..listeners import close_quietly
+from ..scoreboard import Scoreboard
 from .roster import Death
-from .scoreboard import Scoreboard
 from .signals import default_handlers
-from .worker import EXIT_BOOT_ERROR, Worker, WorkerSockets
+from .worker_handle import WorkerHandle
 
 
 class Spawner:
     def __init__(self, config: Config, load_app: Callable[[], Any], app_name: str,
-                 scoreboard: Scoreboard, listener: socket.socket, master_pid: int) -> None:
+                 scoreboard: Scoreboard, listener: socket.socket, master_pid: int,
+                 run_worker: RunWorker) -> None:
         self.config = config
+        self.run_worker = run_worker
         self.load_app = load_app
         self.app_name = app_name
         self.scoreboard = scoreboard
@@ -55,12 +57,12 @@ class Spawner:
             if config.balance == "reuseport" else None,
             family=listener.family,
         )
-        worker = Worker(worker_id, slot, config, self.load_app, self.app_name, self.scoreboard,
-                        sockets, self._server_address(), self.master_pid)
+        spec = WorkerSpec(worker_id, slot, config, self.load_app, self.app_name, self.scoreboard,
+                          sockets, self._server_address(), self.master_pid)
         close = [*close, master_msg, master_fd, None if shared else listener]
         for handle in others:
             close += [handle.channel.sock, handle.handoff, handle.reclaim]
-        pid = fork_worker(worker.run, close, shed)
+        pid = fork_worker(lambda: self.run_worker(spec), close, shed)
         worker_msg.close()
         self.scoreboard.set(slot, 0, pid)
         handle = WorkerHandle(worker_id, slot, pid, ipc.MessageChannel(master_msg),

@@ -14,65 +14,52 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from . import ipc, runtime, wire
-from .access import AccessLog
-from .config import Config
-from .engine import Engine
-from .extension import extension_of
-from .listeners import close_quietly, reuseport_listener, stop_listening
-from .messaging import WorkerMessenger
-from .proctitle import set_title
-from .protocol import Limits
-from .scoreboard import (
+from .. import ipc, runtime, wire
+from ..contract import EXIT_BOOT_ERROR, EXIT_OK, WorkerSpec
+from ..extension import extension_of
+from ..http.parser import Limits
+from ..http.wsgi import base_environ, parse_trusted
+from ..listeners import close_quietly, reuseport_listener, stop_listening
+from ..proctitle import set_title
+from ..scoreboard import (
     CONNECTIONS,
     HEARTBEAT_MS,
     IN_FLIGHT,
     RECEIVED,
     REQUESTS,
     RSS_KIB,
-    Scoreboard,
     now_ms,
 )
-from .tls import server_context
-from .wsgi import base_environ, parse_trusted
+from ..tls import server_context
+from .access_log import AccessLog
+from .engine import Engine
+from .messenger import WorkerMessenger
 
 log = logging.getLogger("flask_cluster.worker")
 
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3  # the app could not be loaded or a start hook failed: do not respawn
 HANDOFF_BATCH = 64
 
 
-@dataclass
-class WorkerSockets:
-    """The worker's ends of its channels, and what it listens on."""
-
-    messages: socket.socket
-    handoff: socket.socket | None  # round-robin and least-busy: connections come from the master
-    listener: socket.socket | None  # shared: accept on the master's socket
-    reuseport: tuple[Any, socket.AddressFamily] | None  # reuseport: bind our own
-    family: socket.AddressFamily  # of the master's listener, so of every connection
+def run_worker(spec: WorkerSpec) -> int:
+    """The :data:`~flask_cluster.contract.RunWorker` the command line hands the master."""
+    return Worker(spec).run()
 
 
 class Worker:
-    def __init__(self, worker_id: int, slot: int, config: Config, load_app: Callable[[], Any],
-                 app_name: str, scoreboard: Scoreboard, sockets: WorkerSockets,
-                 server_address: tuple[str, str], master_pid: int) -> None:
-        self.worker_id = worker_id
-        self.slot = slot
-        self.config = config
-        self.load_app = load_app
-        self.app_name = app_name
-        self.scoreboard = scoreboard
-        self.sockets = sockets
-        self.server_address = server_address
-        self.master_pid = master_pid
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.worker_id = spec.worker_id
+        self.slot = spec.slot
+        self.config = spec.config
+        self.load_app = spec.load_app
+        self.app_name = spec.app_name
+        self.scoreboard = spec.scoreboard
+        self.sockets = spec.sockets
+        self.server_address = spec.server_address
+        self.master_pid = spec.master_pid
         self.engine: Engine | None = None
-        self.channel = ipc.MessageChannel(sockets.messages)
+        self.channel = ipc.MessageChannel(spec.sockets.messages)
         self._signal_r: socket.socket | None = None
         self._retiring = False
         self._stopping = False

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .handle import WorkerHandle
+from ..scoreboard import IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard
 from .roster import Roster
-from .scoreboard import IN_FLIGHT, REQUESTS, RSS_KIB, Scoreboard
+from .worker_handle import WorkerHandle
 
 
 def cluster_status(master: dict[str, Any], roster: Roster, handles: Mapping[int, WorkerHandle],

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
-from . import ipc
-from .listeners import ACCEPT_SKIP_ERRORS
+from .. import ipc
+from ..listeners import ACCEPT_SKIP_ERRORS
 
 log = logging.getLogger("flask_cluster.master")
 

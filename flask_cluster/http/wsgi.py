@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-from .protocol import Request
+from .parser import Request
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
