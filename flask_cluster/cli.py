@@ -15,6 +15,7 @@ from flask.cli import ScriptInfo, pass_script_info
 from .config import Config, click_options, option_name
 from .listeners import ListenError
 from .master.control import ControlError, control_path, request
+from .master.pidfile import PidFileError
 from .master.process import Master
 from .tls import TLSConfigError
 from .worker.access_log import AccessLogFormatError, check_format
@@ -56,7 +57,7 @@ def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     try:
         code = Master(config, info.load_app, app_name, run_worker).run()
-    except (ListenError, TLSConfigError, ControlError) as exc:
+    except (ListenError, TLSConfigError, ControlError, PidFileError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 

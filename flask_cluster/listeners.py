@@ -79,7 +79,10 @@ def _tcp_socket(host: str, port: int, *, reuseport: bool, listen: bool) -> socke
 
 
 def _unix_listener(path: str) -> socket.socket:
-    _remove_stale_socket(path)
+    try:
+        remove_stale_socket(path)
+    except SocketInUse as exc:
+        raise ListenError(f"cannot listen on unix:{path}: {exc}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -91,21 +94,26 @@ def _unix_listener(path: str) -> socket.socket:
     return sock
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead server; refuse to touch a live one or a non-socket."""
+class SocketInUse(Exception):
+    """A Unix socket path that another live process serves, or that is not a socket."""
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead server; refuse (:class:`SocketInUse`) to touch a live
+    one or a file that is not a socket."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise ListenError(f"cannot listen on unix:{path}: it exists and is not a socket")
+        raise SocketInUse("it exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except OSError:
         os.unlink(path)
     else:
-        raise ListenError(f"cannot listen on unix:{path}: another server is listening there")
+        raise SocketInUse("another server is listening there")
     finally:
         probe.close()
 

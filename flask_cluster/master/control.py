@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import Config
+from ..listeners import SocketInUse, remove_stale_socket
 
 MAX_REQUEST = 64 * 1024
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -116,13 +117,18 @@ class ControlServer:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             if private_dir:
                 _make_private(directory)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            # A live cluster's control socket is never taken over: a second cluster-run with the
+            # same --pid or --control-socket would leave the first one out of cluster-ctl's reach.
+            remove_stale_socket(path)
             old_umask = os.umask(0o177)  # the socket is born 0600: no window with looser modes
             try:
                 self.sock.bind(path)
             finally:
                 os.umask(old_umask)
+        except SocketInUse as exc:
+            self.sock.close()
+            raise ControlError(f"cannot create the control socket {path}: {exc} (a cluster with "
+                               f"the same --pid or --control-socket is running?)") from None
         except OSError as exc:
             self.sock.close()
             raise ControlError(f"cannot create the control socket {path}: "

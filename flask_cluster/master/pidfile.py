@@ -6,10 +6,18 @@ import contextlib
 import os
 
 
+class PidFileError(Exception):
+    """The ``--pid`` file cannot be written; the message is the one line the user sees."""
+
+
 def write_pid(path: str | None, pid: int) -> None:
-    if path:
+    if not path:
+        return
+    try:
         with open(path, "w") as pid_file:
             pid_file.write(f"{pid}\n")
+    except OSError as exc:
+        raise PidFileError(f"cannot write the pid file {path}: {exc.strerror or exc}") from None
 
 
 def remove_pid(path: str | None, pid: int) -> None:

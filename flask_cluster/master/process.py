@@ -33,7 +33,7 @@ from .control import ControlError, ControlServer, open_control
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
 from .hub import Hub
-from .pidfile import remove_pid, write_pid
+from .pidfile import PidFileError, remove_pid, write_pid
 from .roster import SERVING, Roster
 from .signals import SignalQueue
 from .source_watch import SourceWatcher
@@ -105,7 +105,12 @@ class Master:
             close_listener(self.listener, config.uds, self.inherited)
             raise
         self.control.watch(self.selector)
-        write_pid(config.pid, self.pid)
+        try:
+            write_pid(config.pid, self.pid)
+        except PidFileError:
+            self.control.close()  # nothing is left behind
+            close_listener(self.listener, config.uds, self.inherited)
+            raise
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                self.listener, self.pid, self.run_worker)

@@ -295,3 +295,32 @@ def test_control_socket_that_cannot_be_made_is_a_clear_error(start_cluster: Star
     assert log.strip().splitlines()[-1] == (
         f"Error: cannot create the control socket {pid_file}.ctl: AF_UNIX path too long")
     assert not pid_file.exists()
+
+
+def test_a_pid_file_that_cannot_be_written_is_one_line_and_leaves_nothing(
+        start_cluster: StartCluster, short_dir: Path) -> None:
+    """Regression: an unwritable --pid gave a 33-line traceback and left the control socket."""
+    control = short_dir / "c.sock"
+    pid_file = "/proc/no-such-dir/cluster.pid"  # /proc takes no new files, even from root
+    cluster = start_cluster(OPS, "--pid", pid_file, "--control-socket", str(control),
+                            workers=1, wait=False)
+    assert cluster.wait_exit(30) == 1
+    log = cluster.log()
+    assert "Traceback" not in log
+    assert log.strip().splitlines()[-1] == (
+        f"Error: cannot write the pid file {pid_file}: No such file or directory")
+    assert not control.exists()
+
+
+def test_a_second_cluster_with_the_same_pid_file_does_not_take_over_the_first(
+        start_cluster: StartCluster, short_dir: Path) -> None:
+    pid_file = short_dir / "app.pid"
+    first = start_cluster(OPS, "--pid", str(pid_file), workers=1)
+
+    second = start_cluster(OPS, "--pid", str(pid_file), workers=1, wait=False)
+
+    assert second.wait_exit(30) == 1
+    assert "another server is listening there" in second.log().strip().splitlines()[-1]
+    assert pid_file.read_text().strip() == str(first.master_pid)
+    reply = request(f"{pid_file}.ctl", {"command": "status"})
+    assert reply["master"]["pid"] == first.master_pid
