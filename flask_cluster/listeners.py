@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
+import time
 
 # One client's trouble, not ours: it reset before we took it, or its network failed. Linux's
 # accept(2): "treat them like EAGAIN by retrying". The master's and the workers' accept loops
@@ -16,6 +18,10 @@ ACCEPT_SKIP_ERRORS = frozenset(getattr(errno, name) for name in (
     "EOPNOTSUPP", "ENETUNREACH", "EPERM") if hasattr(errno, name))
 BACKLOG = 2048  # as gunicorn and nginx: a burst of connects waits in the kernel, not refused
 SD_LISTEN_FDS_START = 3
+BIND_RETRY = 5.0  # seconds an address in use is tried again
+BIND_PAUSE = 0.25
+
+log = logging.getLogger("flask_cluster.master")
 
 
 class ListenError(Exception):
@@ -60,6 +66,22 @@ def no_delay(sock: socket.socket) -> socket.socket:
 
 
 def _tcp_socket(host: str, port: int, *, reuseport: bool, listen: bool) -> socket.socket:
+    """Bind, retrying for :data:`BIND_RETRY` seconds while the address is in use: right after a
+    master was killed, a worker of it may still be finishing a request on the old socket
+    (gunicorn retries for 5 s too)."""
+    deadline = time.monotonic() + BIND_RETRY
+    while True:
+        try:
+            return _bind_tcp(host, port, reuseport=reuseport, listen=listen)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            if deadline - time.monotonic() > BIND_RETRY - BIND_PAUSE:  # the first failure only
+                log.warning("%s:%s is in use; trying again for %gs", host, port, BIND_RETRY)
+            time.sleep(BIND_PAUSE)
+
+
+def _bind_tcp(host: str, port: int, *, reuseport: bool, listen: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -71,9 +93,9 @@ def _tcp_socket(host: str, port: int, *, reuseport: bool, listen: bool) -> socke
         sock.bind((host, port))
         if listen:
             sock.listen(BACKLOG)
-    except OSError as exc:
+    except BaseException:
         sock.close()
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise
     sock.setblocking(False)
     return sock
 

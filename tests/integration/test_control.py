@@ -324,3 +324,20 @@ def test_a_second_cluster_with_the_same_pid_file_does_not_take_over_the_first(
     assert pid_file.read_text().strip() == str(first.master_pid)
     reply = request(f"{pid_file}.ctl", {"command": "status"})
     assert reply["master"]["pid"] == first.master_pid
+
+
+def test_an_address_in_use_is_tried_again_until_it_is_free(start_cluster: StartCluster) -> None:
+    """As after a master kill, when an orphaned worker still holds the port for a moment."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        cluster = start_cluster(OPS, "--port", str(port), workers=1, wait=False)
+        wait_until(lambda: "is in use; trying again" in cluster.log(), timeout=15,
+                   message=lambda: f"the retry line in:\n{cluster.log()}")
+    finally:
+        holder.close()
+    cluster.wait_started()
+    assert cluster.port == port
+    assert cluster.request("/").status in (200, 404)
