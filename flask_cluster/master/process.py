@@ -309,7 +309,12 @@ class Master:
     def _handle_signals(self) -> None:
         while self.signals.pending:
             signum = self.signals.pending.popleft()
-            if signum in (signal.SIGTERM, signal.SIGINT):
+            if signum == signal.SIGINT and self.roster.stopping:
+                self.stop(graceful=False)  # a second Ctrl-C: at once, as most servers do
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                if signum == signal.SIGINT and not self.roster.stopping:
+                    log.info("finishing requests in flight (up to %gs); Ctrl-C again to stop at "
+                             "once", self.config.graceful_timeout)
                 self.stop(graceful=True)
             elif signum == signal.SIGQUIT:
                 self.stop(graceful=False)

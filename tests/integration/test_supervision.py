@@ -157,6 +157,26 @@ def test_graceful_stop_finishes_the_request_in_flight(start_cluster: StartCluste
     assert not any(alive(pid) for pid in workers)
 
 
+def test_a_second_ctrl_c_stops_at_once(start_cluster: StartCluster) -> None:
+    cluster = start_cluster("tests.apps.basic", workers=1, graceful_timeout=60)
+    worker = cluster.worker_pids()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(cluster.request, "/sleep/60")
+        wait_until(lambda: "sleep-start" in cluster.log(), 10, message="the slow request")
+        os.killpg(cluster.pgid, signal.SIGINT)
+        wait_until(lambda: "Ctrl-C again to stop at once" in cluster.log(), 10,
+                   message=lambda: f"the hint in:\n{cluster.log()}")
+        assert cluster.proc.poll() is None, "the first Ctrl-C waits for the request"
+
+        os.killpg(cluster.pgid, signal.SIGINT)
+
+        assert cluster.wait_exit(15) == 0  # long before the 60 s request or grace could end
+        with pytest.raises(ConnectionError):
+            slow.result(timeout=15)  # cut off: that is what a fast stop means
+    assert "fast stop" in cluster.log()
+    assert not any(alive(pid) for pid in worker)
+
+
 @pytest.mark.parametrize("balance", ["round-robin", "shared", "reuseport"])
 def test_graceful_stop_refuses_new_connections(start_cluster: StartCluster,
                                                balance: str) -> None:
