@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import random
+import resource
 import signal
 import socket
 import sys
@@ -70,6 +71,7 @@ class Worker:
     def run(self) -> int:
         """The child's whole life; returns its exit code."""
         set_title(f"flask-cluster worker {self.worker_id} [{self.app_name}]")
+        self.memory = ResidentMemory()  # here: /proc/self is this process only after the fork
         self._install_signals()
         try:
             app = self.load_app()
@@ -191,7 +193,7 @@ class Worker:
                                     int(started * 1000)))
         else:
             self.scoreboard.set(self.slot, HEARTBEAT_MS, now_ms())
-        self.scoreboard.set(self.slot, RSS_KIB, resident_kib())
+        self.scoreboard.set(self.slot, RSS_KIB, self.memory.kib())
         if os.getppid() != self.master_pid:
             self._master_gone()
 
@@ -273,17 +275,29 @@ class Worker:
         return EXIT_BOOT_ERROR
 
 
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def resident_kib() -> int:
-    """This process's resident memory in KiB (Linux ``/proc``; peak RSS elsewhere)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_KIB
-    except OSError:
-        import resource
+class ResidentMemory:
+    """This process's resident memory in KiB, for the heartbeat.
 
+    ``/proc/self/statm`` is opened once, in the worker, and read again with ``pread``: a worker
+    at its descriptor limit (EMFILE) still reports its memory, and the heartbeat never raises
+    out of the loop. Where there is no ``/proc`` (macOS), the peak resident size stands in.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = -1
+
+    def kib(self) -> int:
+        if self.fd >= 0:
+            try:
+                return int(os.pread(self.fd, 128, 0).split()[1]) * _PAGE_KIB
+            except (OSError, ValueError, IndexError):
+                pass
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak // 1024 if sys.platform == "darwin" else peak
 
