@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -313,3 +316,29 @@ def test_each_request_gets_its_own_body() -> None:
     finally:
         for body in bodies:
             body.close()
+
+
+SPOOL_ON_A_FULL_DISK = """
+import resource
+from flask_cluster.http.errors import ServerFault
+from flask_cluster.http.parser import Limits, RequestParser
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # files of 1 MiB at most
+parser = RequestParser(Limits(spool_threshold=64 * 1024))
+parser.feed(b"POST /up HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n\\r\\n" % (5 << 20))
+try:
+    for _ in range(80):
+        parser.feed(b"x" * 65536)
+except ServerFault as exc:
+    print(exc.status, exc.detail)
+"""
+
+
+def test_a_disk_error_while_spooling_is_our_fault_not_the_clients() -> None:
+    """Regression: a full disk (here: the file size limit) answered 400 Bad Request."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", SPOOL_ON_A_FULL_DISK], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("500 cannot store the request body: "), done.stdout
