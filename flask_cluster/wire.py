@@ -55,9 +55,11 @@ class Ready(NamedTuple):
 
 
 class BootFailed(NamedTuple):
-    """The app could not be loaded; sent just before the worker exits."""
+    """The app could not be loaded; sent just before the worker exits. The master prints the
+    first traceback it gets, so a cluster of N workers shows it once, not N times."""
 
     reason: str
+    traceback: str = ""
 
 
 class Retire(NamedTuple):

@@ -81,6 +81,8 @@ class Master:
             wire.Retire: self._served_max_requests,
         }
         self.exit: Exit | None = None  # why the master gives up, if it does
+        self._announced = False  # the "serving" line is printed when the first worker is ready
+        self._failure_shown = False  # a boot failure's traceback was printed
         self.address = ""
         self.pid = os.getpid()
         self.started = time.monotonic()
@@ -122,9 +124,6 @@ class Master:
         target = self.roster.target
         self.scoreboard.worker_count = target
         self._perform(self.roster.start(time.monotonic()))
-        print(f"flask-cluster: serving {self.app_name} on {self.address} with {target} "
-              f"worker{'s' if target != 1 else ''} (balance {config.balance}, "
-              f"threads {config.threads}), master pid {self.pid}", file=sys.stderr, flush=True)
         try:
             while not self.roster.finished:
                 self._loop_once()
@@ -242,8 +241,17 @@ class Master:
     def _ready(self, handle: WorkerHandle, _message: wire.Ready) -> None:
         self.scoreboard.set(handle.slot, HEARTBEAT_MS, now_ms())  # --timeout counts from now
         self._perform(self.roster.ready(handle.pid, time.monotonic()))
+        if not self._announced:  # only now: an app that cannot load never looks served
+            self._announced = True
+            config, target = self.config, self.roster.target
+            print(f"flask-cluster: serving {self.app_name} on {self.address} with {target} "
+                  f"worker{'s' if target != 1 else ''} (balance {config.balance}, "
+                  f"threads {config.threads}), master pid {self.pid}", file=sys.stderr, flush=True)
 
     def _boot_failed(self, handle: WorkerHandle, message: wire.BootFailed) -> None:
+        if message.traceback and not self._failure_shown:  # once, whatever the worker count
+            self._failure_shown = True
+            print(message.traceback, end="", file=sys.stderr, flush=True)
         self.roster.boot_failed(handle.pid, message.reason)
 
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:

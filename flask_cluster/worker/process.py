@@ -17,6 +17,8 @@ import sys
 import traceback
 from typing import Any
 
+import click
+
 from .. import ipc, runtime, wire
 from ..contract import EXIT_BOOT_ERROR, EXIT_OK, WorkerSpec
 from ..extension import extension_of
@@ -266,12 +268,12 @@ class Worker:
                 self._stop(self.config.graceful_timeout)
 
     def _boot_failed(self, exc: BaseException) -> int:
-        reason = one_line_reason(exc)
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
-            self.channel.send_now(wire.encode(wire.BootFailed(reason)), timeout=2.0)
+            self.channel.send_now(wire.encode(wire.BootFailed(one_line_reason(exc), details)),
+                                  timeout=2.0)
         except ipc.ChannelClosed:
-            pass
+            print(details, end="", file=sys.stderr, flush=True)  # no master to show it
         return EXIT_BOOT_ERROR
 
 
@@ -305,6 +307,8 @@ class ResidentMemory:
 def one_line_reason(exc: BaseException) -> str:
     """What failed, in one line for the master's exit message (the traceback is logged)."""
     name = type(exc).__qualname__
+    if isinstance(exc, click.ClickException):  # Flask's NoAppException: its message is the reason
+        return exc.format_message()[:500]
     if isinstance(exc, SyntaxError):
         return f"{name}: {exc.msg} ({exc.filename}, line {exc.lineno})"
     text = " ".join(str(exc).split())

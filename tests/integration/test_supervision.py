@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -225,7 +226,7 @@ def test_workers_exit_when_the_master_is_killed(start_cluster: StartCluster) -> 
 
 def test_app_that_fails_to_import(start_cluster: StartCluster) -> None:
     started = time.monotonic()
-    cluster = start_cluster("tests.apps.broken_import", workers=2, wait=False)
+    cluster = start_cluster("tests.apps.broken_import", workers=3, wait=False)
 
     code = cluster.wait_exit(10)
 
@@ -233,16 +234,23 @@ def test_app_that_fails_to_import(start_cluster: StartCluster) -> None:
     assert code != 0
     log = cluster.log()
     assert "RuntimeError: broken-import-marker: DATABASE_URL is not set" in log
+    assert log.count("Traceback (most recent call last)") == 1, "once, whatever the worker count"
+    assert "serving" not in log, "nothing was ever served"
     last = log.strip().splitlines()[-1]
     assert last.startswith("flask-cluster: ") and "broken-import-marker" in last, last
     wait_until(lambda: not group_members(cluster.pgid), 10, message="no process left")
 
 
 def test_app_that_does_not_exist(start_cluster: StartCluster) -> None:
-    cluster = start_cluster("tests.apps.no_such_module", workers=1, wait=False)
+    cluster = start_cluster("tests.apps.no_such_module", workers=3, wait=False)
 
     assert cluster.wait_exit(10) != 0
-    assert "tests.apps.no_such_module" in cluster.log()
+    log = cluster.log()
+    last = log.strip().splitlines()[-1]
+    assert re.fullmatch(r"flask-cluster: worker \d failed to boot: "
+                        r"Could not import 'tests\.apps\.no_such_module'\.", last), last
+    assert log.count("Traceback (most recent call last)") == 1
+    assert "serving" not in log
     wait_until(lambda: not group_members(cluster.pgid), 10, message="no process left")
 
 
