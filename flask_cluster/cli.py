@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import sys
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from flask.cli import ScriptInfo, pass_script_info
 
 from .config import Config, click_options, option_name
@@ -17,6 +19,7 @@ from .listeners import ListenError
 from .master.control import ControlError, control_path, request
 from .master.pidfile import PidFileError
 from .master.process import Master
+from .master.registry import running
 from .tls import TLSConfigError
 from .worker.access_log import AccessLogFormatError, check_format
 from .worker.process import run_worker
@@ -91,8 +94,29 @@ def cluster_ctl(ctx: click.Context, info: ScriptInfo, /, control_socket: str | N
                 pid_file: str | None, uds: str | None, host: str, port: int) -> None:
     """Control a running cluster: status, reload, scale, stop, broadcast."""
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
-    ctx.obj = control_path(explicit=control_socket, pid_file=pid_file, uds=uds,
-                           app_name=app_name, host=host, port=port)
+    path = control_path(explicit=control_socket, pid_file=pid_file, uds=uds,
+                        app_name=app_name, host=host, port=port)
+    told = any(ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+               for name in ("control_socket", "pid_file", "uds", "host", "port"))
+    ctx.obj = path if told or os.path.exists(path) else _find_cluster(app_name, path)
+
+
+def _find_cluster(app_name: str, default: str) -> str:
+    """The control socket of the one running cluster of ``app_name`` when ``cluster-ctl`` was
+    given no address; with several, a usage error that lists them."""
+    found = running(app_name)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        return default  # request() then says that nothing listens there
+    lines = []
+    for path in found:
+        with contextlib.suppress(ControlError):
+            master = request(path, {"command": "status"})["master"]
+            lines.append(f"  {master['address']}  master pid {master['pid']}  "
+                         f"up {master['uptime']}s  (--control-socket {path})")
+    raise click.UsageError(f"{len(found)} clusters of {app_name} are running; choose one with "
+                           "--port, --pid, --uds or --control-socket:\n" + "\n".join(lines))
 
 
 def _send(ctx: click.Context, command: dict[str, Any]) -> dict[str, Any]:

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import re
 import selectors
 import socket
-import stat
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import Config
 from ..listeners import SocketInUse, remove_stale_socket
+from .registry import RegistryError, make_private, register, runtime_base, safe_name
 
 MAX_REQUEST = 64 * 1024
+log = logging.getLogger("flask_cluster.master")
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -86,11 +86,8 @@ def control_path(*, explicit: str | None, pid_file: str | None, uds: str | None,
         return f"{pid_file}.ctl"
     if uds:
         return f"{uds}.ctl"
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime_dir, "flask-cluster") if runtime_dir else \
-        Path(tempfile.gettempdir(), f"flask-cluster-{os.getuid()}")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{app_name}-{host}-{port}")
-    return str(base / f"{name}.ctl")
+    name = safe_name(f"{app_name}-{host}-{port}")
+    return str(runtime_base() / f"{name}.ctl")
 
 
 def open_control(config: Config, listener: socket.socket, app_name: str,
@@ -100,7 +97,12 @@ def open_control(config: Config, listener: socket.socket, app_name: str,
     path = control_path(explicit=config.control_socket, pid_file=config.pid, uds=config.uds,
                         app_name=app_name, host=config.host, port=port)
     default = not (config.control_socket or config.pid or config.uds)
-    return ControlServer(path, lambda request: execute(request, master), private_dir=default)
+    server = ControlServer(path, lambda request: execute(request, master), private_dir=default)
+    try:
+        server.link = register(app_name, path, os.getpid())
+    except (OSError, RegistryError) as exc:  # only discovery is lost: cluster-ctl needs options
+        log.warning("cluster-ctl will not find this cluster by its app alone: %s", exc)
+    return server
 
 
 class ControlServer:
@@ -110,13 +112,14 @@ class ControlServer:
         """``private_dir``: the directory is the default one we chose, so it must be ours alone
         (``/tmp/flask-cluster-<uid>`` may have been made by another user before us)."""
         self.path = path
+        self.link: Path | None = None  # where cluster-ctl finds us (registry.register)
         self.handler = handler
         directory = os.path.dirname(path) or "."
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             if private_dir:
-                _make_private(directory)
+                make_private(Path(directory))
             # A live cluster's control socket is never taken over: a second cluster-run with the
             # same --pid or --control-socket would leave the first one out of cluster-ctl's reach.
             remove_stale_socket(path)
@@ -133,9 +136,9 @@ class ControlServer:
             self.sock.close()
             raise ControlError(f"cannot create the control socket {path}: "
                                f"{exc.strerror or exc}") from None
-        except ControlError:
+        except RegistryError as exc:
             self.sock.close()
-            raise
+            raise ControlError(str(exc)) from None
         self.sock.listen(16)
         self.sock.setblocking(False)
         self.clients: dict[socket.socket, bytearray] = {}
@@ -201,17 +204,10 @@ class ControlServer:
         for client in self.clients:
             client.close()
         self.sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-
-
-def _make_private(directory: str) -> None:
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise ControlError(f"{directory} is not a directory of yours: refusing to put the control "
-                           "socket there (remove it, or choose one with --control-socket)")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(directory, 0o700)
+        for path in (self.path, self.link):
+            with contextlib.suppress(OSError):
+                if path is not None:
+                    os.unlink(path)
 
 
 def _same_user(client: socket.socket) -> bool:

@@ -341,3 +341,31 @@ def test_an_address_in_use_is_tried_again_until_it_is_free(start_cluster: StartC
     cluster.wait_started()
     assert cluster.port == port
     assert cluster.request("/").status in (200, 404)
+
+
+def test_cluster_ctl_finds_the_one_cluster_of_its_app_without_options(
+        start_cluster: StartCluster, short_dir: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(short_dir)}  # a registry of this test's own
+    cluster = start_cluster(OPS, workers=1, env=env)  # on a port picked at random
+
+    shown = json.loads(ctl_ok("status", "--json", app=OPS, env=env))
+
+    assert shown["master"]["pid"] == cluster.master_pid
+    assert shown["master"]["address"] == cluster.address
+
+
+def test_cluster_ctl_lists_the_clusters_of_its_app_when_there_are_several(
+        start_cluster: StartCluster, short_dir: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(short_dir)}
+    first = start_cluster(OPS, workers=1, env=env)
+    second = start_cluster(OPS, workers=1, env=env)
+
+    done = ctl("status", app=OPS, env=env)
+
+    assert done.returncode == 2, done.stdout + done.stderr  # a usage error: choose one
+    assert "2 clusters of tests.ops_apps.ops are running" in done.stderr
+    for cluster in (first, second):
+        assert f"{cluster.address}  master pid {cluster.master_pid}" in done.stderr
+    second.stop()
+    assert json.loads(ctl_ok("status", "--json", app=OPS, env=env))["master"]["pid"] == \
+        first.master_pid  # the registry forgets a cluster that stopped
