@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socket
 import sys
@@ -16,6 +15,7 @@ from flask.cli import ScriptInfo, pass_script_info
 
 from .config import Config, click_options, option_name
 from .listeners import ListenError
+from .logs import configure as configure_logging
 from .master.control import ControlError, control_path, request
 from .master.pidfile import PidFileError
 from .master.process import Master
@@ -44,19 +44,16 @@ def _validate(config: Config) -> None:
         raise click.BadParameter(str(exc), param_hint=option_name("access_log_format")) from exc
 
 
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-
-
 @pass_script_info
 def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     """Run the app as a pre-fork cluster: one master, one worker per CPU."""
     _check_platform()
+    if options["reload"] and click.get_current_context().get_parameter_source(
+            "access_log") is ParameterSource.DEFAULT:
+        options["access_log"] = True  # development: one line per request, as flask run
     config = Config(**options)
     _validate(config)
-    _configure_logging()
+    configure_logging(config.log_level, config.log_format)
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     try:
         code = Master(config, info.load_app, app_name, run_worker).run()

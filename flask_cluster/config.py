@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from .logs import LOG_FORMATS, LOG_LEVELS
+
 BALANCE_MODES = ("round-robin", "least-busy", "shared", "reuseport")
 ENV_PREFIX = "FLASK_CLUSTER_RUN_"
 
@@ -103,7 +105,7 @@ class Config:
     control_socket: str | None = setting(
         None, "Unix socket for 'flask cluster-ctl' (default: derived from --pid, --uds or the address).",
         type=click.Path(dir_okay=False))
-    access_log: bool = setting(False, "Log one line per request.",
+    access_log: bool = setting(False, "Log one line per request (on by default with --reload).",
                                flag="--access-log/--no-access-log")
     access_log_format: str = setting(
         '{remote} - - [{time}] "{method} {uri} {protocol}" {status} {size}',
@@ -111,6 +113,11 @@ class Config:
         "duration_ms, user_agent, referer, pid.")
     reload: bool = setting(False, "Development: rolling reload when a source file changes.",
                            flag="--reload/--no-reload")
+    log_level: str = setting("info", "Least severe log lines written.",
+                             type=click.Choice(LOG_LEVELS))
+    log_format: str = setting("text", "Log lines as text (for people) or one JSON object each "
+                              "(for log shippers); the access log follows.",
+                              type=click.Choice(LOG_FORMATS))
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

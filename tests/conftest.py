@@ -30,7 +30,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = re.compile(
-    r"flask-cluster: serving (?P<app>\S+) on (?P<address>\S+) with (?P<workers>\d+) workers? "
+    r"serving (?P<app>\S+) on (?P<address>\S+) with (?P<workers>\d+) workers? "
     r"\(balance (?P<balance>[\w-]+), threads (?P<threads>\d+)\), master pid (?P<pid>\d+)")
 READY = re.compile(r"worker (?P<id>\d+) \(pid (?P<pid>\d+)\) ready")
 START_TIMEOUT = 30.0  # a loaded 2-core machine imports Flask in every worker at once

@@ -15,7 +15,6 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -130,7 +129,7 @@ class Master:
         finally:
             self._cleanup()
         if self.exit is not None and self.exit.code != EXIT_CLEAN:
-            print(f"flask-cluster: {self.exit.reason}", file=sys.stderr, flush=True)
+            log.error("%s", self.exit.reason)
             return self.exit.code
         return EXIT_CLEAN
 
@@ -244,14 +243,14 @@ class Master:
         if not self._announced:  # only now: an app that cannot load never looks served
             self._announced = True
             config, target = self.config, self.roster.target
-            print(f"flask-cluster: serving {self.app_name} on {self.address} with {target} "
-                  f"worker{'s' if target != 1 else ''} (balance {config.balance}, "
-                  f"threads {config.threads}), master pid {self.pid}", file=sys.stderr, flush=True)
+            log.info("serving %s on %s with %d worker%s (balance %s, threads %d), master pid %d",
+                     self.app_name, self.address, target, "s" if target != 1 else "",
+                     config.balance, config.threads, self.pid)
 
     def _boot_failed(self, handle: WorkerHandle, message: wire.BootFailed) -> None:
         if message.traceback and not self._failure_shown:  # once, whatever the worker count
             self._failure_shown = True
-            print(message.traceback, end="", file=sys.stderr, flush=True)
+            log.error("%s failed to boot:\n%s", handle, message.traceback.rstrip())
         self.roster.boot_failed(handle.pid, message.reason)
 
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:

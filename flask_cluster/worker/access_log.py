@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ..http.wsgi import Response
+from ..logs import STRUCTURED, formatter
 
 COMMON_FORMAT = '{remote} - - [{time}] "{method} {uri} {protocol}" {status} {size}'
 STARTED = "flask_cluster.started"  # environ key: perf_counter() when the request was taken up
@@ -37,9 +38,12 @@ def check_format(fmt: str) -> None:
 
 
 class AccessLog:
-    def __init__(self, fmt: str = COMMON_FORMAT) -> None:
+    """``log_format`` ``json``: each line is a JSON object with every field besides the line."""
+
+    def __init__(self, fmt: str = COMMON_FORMAT, log_format: str = "text") -> None:
         check_format(fmt)
         self.fmt = fmt
+        self.structured = log_format == "json"
         self.pid = os.getpid()
         self.logger = logging.getLogger("flask_cluster.access")
         self.logger.setLevel(logging.INFO)
@@ -47,7 +51,7 @@ class AccessLog:
         # The app's own handlers for this logger (from its logging config) are kept and get the
         # records through the queue; without any, lines go to stderr.
         self._replaced = (self.logger.handlers, self.logger.propagate)  # put back by close()
-        outputs = self.logger.handlers or [_stderr_handler()]
+        outputs = self.logger.handlers or [_stderr_handler(log_format)]
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.logger.handlers = [logging.handlers.QueueHandler(records)]
         self.logger.propagate = False
@@ -58,19 +62,23 @@ class AccessLog:
 
     def write(self, environ: dict[str, Any], response: Response) -> None:
         started = environ.get(STARTED)
-        self.logger.info(self.fmt.format(
-            remote=environ.get("REMOTE_ADDR") or "-",
-            time=time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-            method=environ.get("REQUEST_METHOD", "-"),
-            uri=environ.get("RAW_URI", "-"),
-            protocol=environ.get("SERVER_PROTOCOL", "-"),
-            status=response.status_code or "-",
-            size=response.body_bytes or "-",
-            duration_ms=f"{(time.perf_counter() - started) * 1000:.1f}" if started else "-",
-            user_agent=environ.get("HTTP_USER_AGENT", "-"),
-            referer=environ.get("HTTP_REFERER", "-"),
-            pid=self.pid,
-        ))
+        fields = {
+            "remote": environ.get("REMOTE_ADDR") or "-",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S %z"),
+            "method": environ.get("REQUEST_METHOD", "-"),
+            "uri": environ.get("RAW_URI", "-"),
+            "protocol": environ.get("SERVER_PROTOCOL", "-"),
+            "status": response.status_code or "-",
+            "size": response.body_bytes or "-",
+            "duration_ms": f"{(time.perf_counter() - started) * 1000:.1f}" if started else "-",
+            "user_agent": environ.get("HTTP_USER_AGENT", "-"),
+            "referer": environ.get("HTTP_REFERER", "-"),
+            "pid": self.pid,
+        }
+        if self.structured:
+            self.logger.info(self.fmt.format(**fields), extra={STRUCTURED: fields})
+        else:
+            self.logger.info(self.fmt.format(**fields))
 
     def close(self) -> None:
         """Write what is queued and stop the writer thread (safe to call twice)."""
@@ -82,7 +90,7 @@ class AccessLog:
             self.logger.handlers, self.logger.propagate = self._replaced
 
 
-def _stderr_handler() -> logging.Handler:
+def _stderr_handler(log_format: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(formatter(log_format, "%(message)s"))
     return handler

@@ -139,7 +139,8 @@ class Worker:
             base_environ=base_environ(server_name, server_port,
                                       scheme="https" if tls else "http",
                                       multithread=config.threads > 1),
-            access_log=AccessLog(config.access_log_format) if config.access_log else None,
+            access_log=AccessLog(config.access_log_format, config.log_format)
+            if config.access_log else None,
             on_request=on_request,
             on_connection=on_connection,
             tls=tls,

@@ -438,10 +438,35 @@ def test_unknown_access_log_field_is_a_usage_error(start_cluster: StartCluster) 
     assert "Usage:" in log
     assert re.search(r"Invalid value for '?--access-log-format'?", log), log
     assert "bogus_field" in log
-    assert "flask-cluster: serving" not in log
+    assert "serving " not in log
 
 
 def test_access_log_is_off_by_default(limited: ClusterProcess) -> None:
     assert limited.request("/info?quiet=1").status == 200
     time.sleep(0.2)
     assert "/info?quiet=1" not in limited.log()
+
+
+def test_json_log_format_makes_every_line_a_json_object(start_cluster: StartCluster) -> None:
+    cluster = start_cluster(APP, "--log-format", "json", "--access-log", workers=1)
+    assert cluster.request("/info?x=1").status == 200
+    wait_until(lambda: '"uri": "/info?x=1"' in cluster.log(), 10,
+               message=lambda: f"the access record in:\n{cluster.log()}")
+
+    records = [json.loads(line) for line in cluster.log().splitlines() if line.strip()]
+
+    assert all({"time", "level", "logger", "pid", "message"} <= record.keys() for record in records)
+    [access] = [record for record in records if record["logger"] == "flask_cluster.access"]
+    assert (access["method"], access["uri"], access["status"]) == ("GET", "/info?x=1", 200)
+    assert access["message"].startswith('127.0.0.1 - - [')  # the --access-log-format line too
+    assert any(record["message"].startswith("serving tests.hardening_apps.probe on ")
+               for record in records)
+
+
+def test_reload_turns_the_access_log_on_as_flask_run_does(start_cluster: StartCluster) -> None:
+    cluster = start_cluster(APP, "--reload", workers=1)
+
+    assert cluster.request("/info?dev=1").status == 200
+
+    wait_until(lambda: COMMON_LOG.search(cluster.log()), 10,
+               message=lambda: f"an access log line in:\n{cluster.log()}")

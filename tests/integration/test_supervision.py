@@ -237,7 +237,7 @@ def test_app_that_fails_to_import(start_cluster: StartCluster) -> None:
     assert log.count("Traceback (most recent call last)") == 1, "once, whatever the worker count"
     assert "serving" not in log, "nothing was ever served"
     last = log.strip().splitlines()[-1]
-    assert last.startswith("flask-cluster: ") and "broken-import-marker" in last, last
+    assert "[ERROR] flask_cluster.master: worker" in last and "broken-import-marker" in last, last
     wait_until(lambda: not group_members(cluster.pgid), 10, message="no process left")
 
 
@@ -247,7 +247,7 @@ def test_app_that_does_not_exist(start_cluster: StartCluster) -> None:
     assert cluster.wait_exit(10) != 0
     log = cluster.log()
     last = log.strip().splitlines()[-1]
-    assert re.fullmatch(r"flask-cluster: worker \d failed to boot: "
+    assert re.search(r"\[ERROR\] flask_cluster.master: worker \d failed to boot: "
                         r"Could not import 'tests\.apps\.no_such_module'\.", last), last
     assert log.count("Traceback (most recent call last)") == 1
     assert "serving" not in log
@@ -269,7 +269,7 @@ def test_bad_option_is_a_usage_error(start_cluster: StartCluster, options: list[
     log = cluster.log()
     assert "Usage:" in log
     assert f"Invalid value for '{named}'" in log
-    assert "flask-cluster: serving" not in log
+    assert "serving " not in log
 
 
 def test_port_in_use_is_a_clear_error(start_cluster: StartCluster) -> None:
