@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +35,13 @@ def _validate(config: Config) -> None:
                                  param_hint=option_name("balance"))
     if config.key and not config.cert:
         raise click.BadParameter("--key needs --cert", param_hint=option_name("key"))
+    if config.broker is not None:
+        if not config.broker.startswith(("redis://", "rediss://")):
+            raise click.BadParameter(f"{config.broker!r} is not a redis:// or rediss:// URL",
+                                     param_hint=option_name("broker"))
+        if importlib.util.find_spec("redis") is None:
+            raise click.BadParameter("needs redis-py: pip install 'flask-cluster[redis]'",
+                                     param_hint=option_name("broker"))
     try:
         check_format(config.access_log_format)
     except AccessLogFormatError as exc:

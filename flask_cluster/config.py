@@ -111,6 +111,18 @@ class Config:
         "duration_ms, user_agent, referer, pid.")
     reload: bool = setting(False, "Development: rolling reload when a source file changes.",
                            flag="--reload/--no-reload")
+    broker: str | None = setting(
+        None, "redis://HOST:PORT/DB or rediss:// (TLS): broadcasts reach every host sharing it "
+        "(password in the URL or from REDIS_PASSWORD; needs flask-cluster[redis]).")
+    cluster_name: str | None = setting(
+        None, "Separates apps that share one broker: one stream per name (default: the app's "
+        "import name).")
+    broker_buffer: int = setting(
+        10000, "Broadcasts held in order while the broker is unreachable; more are dropped, "
+        "logged and counted.", type=click.IntRange(1))
+    broker_stream_len: int = setting(
+        100000, "Broadcasts the broker keeps (MAXLEN ~): a host away for longer misses the "
+        "oldest and logs how many.", type=click.IntRange(100))
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from ..config import Config
@@ -32,7 +32,7 @@ from .channels import WorkerChannels
 from .control import ControlError, ControlServer, open_control
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
-from .hub import Hub
+from .hub import Deliver, Hub, LocalRelay
 from .pidfile import remove_pid, write_pid
 from .roster import SERVING, Roster
 from .signals import SignalQueue
@@ -40,6 +40,9 @@ from .source_watch import SourceWatcher
 from .spawn import Spawner, decode_status
 from .status import cluster_status
 from .worker_handle import WorkerHandle
+
+if TYPE_CHECKING:
+    from .redis_relay import RedisRelay
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -74,7 +77,9 @@ class Master:
         self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
         self.spawner: Spawner | None = None
         self.channels = WorkerChannels(self.selector, self._on_message, self._stuck)
-        self.hub = Hub(self.channels.send, lambda: self._live)
+        self.broker: RedisRelay | None = None
+        self.hub = Hub(self.channels.send, lambda: self._live,
+                       relay=self._open_broker if config.broker else LocalRelay)
         self._message_handlers: dict[type[wire.Message], Callable[[WorkerHandle, Any], None]] = {
             wire.Ready: self._ready,
             wire.BootFailed: self._boot_failed,
@@ -107,6 +112,8 @@ class Master:
         self.control.watch(self.selector)
         write_pid(config.pid, self.pid)
         self.signals.install(self.selector)
+        if self.broker is not None:
+            self.broker.start()
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                self.listener, self.pid, self.run_worker)
         if self._master_accepts:
@@ -129,6 +136,17 @@ class Master:
             print(f"flask-cluster: {self.exit.reason}", file=sys.stderr, flush=True)
             return self.exit.code
         return EXIT_CLEAN
+
+    def _open_broker(self, deliver: Deliver) -> RedisRelay:
+        from .redis_relay import RedisRelay  # redis-py is an extra: imported only when asked for
+
+        config = self.config
+        assert config.broker is not None
+        self.broker = RedisRelay(deliver, url=config.broker,
+                                 cluster_name=config.cluster_name or self.app_name,
+                                 buffer=config.broker_buffer, stream_len=config.broker_stream_len,
+                                 selector=self.selector)
+        return self.broker
 
     @property
     def _master_accepts(self) -> bool:
@@ -208,8 +226,10 @@ class Master:
         shed: list[Callable[[], object]] = [self.selector.close]
         if self.dispatcher is not None:
             shed.append(self.dispatcher.close_waiting)  # our copies; the master hands them on
-        handle = self.spawner.spawn(worker_id, self.workers.values(),
-                                    [self.signals.wake_r, self.signals.wake_w], shed)
+        close: list[socket.socket | None] = [self.signals.wake_r, self.signals.wake_w]
+        if self.broker is not None:
+            close += self.broker.sockets()
+        handle = self.spawner.spawn(worker_id, self.workers.values(), close, shed)
         self.workers[handle.pid] = handle
         self.roster.add(worker_id, handle.pid, time.monotonic())
         self.channels.watch(handle)
@@ -334,6 +354,11 @@ class Master:
 
     def publish(self, topic: str, data: Any) -> int:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
+        if self.broker is not None:
+            # The workers check every broadcast's signature and the master has no key to sign
+            # with: an unsigned one would be dropped on every host.
+            raise ValueError("cluster-ctl broadcast is not available with --broker: the master "
+                             "holds no signing key; broadcast from a view instead")
         return self.hub.publish(topic, wire.pack(data))
 
     def status(self) -> dict[str, Any]:
@@ -341,7 +366,10 @@ class Master:
         master = {"pid": self.pid, "app": self.app_name, "address": self.address,
                   "balance": self.config.balance, "threads": self.config.threads,
                   "uptime": round(now - self.started, 1)}
-        return cluster_status(master, self.roster, self.workers, self.scoreboard, now)
+        status = cluster_status(master, self.roster, self.workers, self.scoreboard, now)
+        if self.broker is not None:
+            status["master"]["broker"] = self.broker.status()
+        return status
 
     # -- the end ---------------------------------------------------------------
 
@@ -355,4 +383,6 @@ class Master:
         close_listener(self.listener, self.config.uds, self.inherited)
         remove_pid(self.config.pid, self.pid)
         self.signals.close()
+        if self.broker is not None:
+            self.broker.close()
         self.selector.close()
