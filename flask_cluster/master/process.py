@@ -112,8 +112,6 @@ class Master:
         self.control.watch(self.selector)
         write_pid(config.pid, self.pid)
         self.signals.install(self.selector)
-        if self.broker is not None:
-            self.broker.start()
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                self.listener, self.pid, self.run_worker)
         if self._master_accepts:

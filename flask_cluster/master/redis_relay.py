@@ -2,10 +2,10 @@
 
 The stream is the one total order: a master does not deliver its own workers' broadcasts when
 they arrive but when it reads them back, so every host fans out the same entries in the same
-order. Two threads per master do the Redis I/O, each on its own connection (one blocks in
-``XREAD``, the other appends), so the master's loop never waits on the network; the reader hands
-entries over through a socket the master's selector watches, and the hub delivers them on the
-loop thread.
+order. A broker process per master, forked before any worker, does the Redis I/O on two
+threads, each on its own connection (one blocks in ``XREAD``, the other appends); it trades
+frames with the master over a socket pair, so the master's loop never waits on the network and
+the hub delivers on the loop thread.
 
 What survives a blip: outgoing broadcasts wait in a bounded :class:`Outbox` in order until Redis
 took them; the reader resumes from the last id it read. A write whose reply was lost is sent
@@ -18,8 +18,10 @@ entries this master never read: it logs how many it missed.
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import selectors
+import signal
 import socket
 import threading
 import urllib.parse
@@ -32,6 +34,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .. import ipc
+from ..proctitle import set_title
 from .hub import Deliver
 
 log = logging.getLogger("flask_cluster.master")
@@ -39,6 +43,7 @@ log = logging.getLogger("flask_cluster.master")
 BATCH = 512  # entries per XADD pipeline and per XREAD
 BLOCK_MS = 500  # how long an XREAD waits; also how soon a stopping reader notices
 SOCKET_TIMEOUT = 5.0
+STATUS_EVERY = 0.5  # seconds between the broker process's status reports to the master
 RETRY_FIRST, RETRY_CAP = 0.05, 2.0  # seconds between reconnection attempts, doubling
 Fields = dict[bytes, bytes]
 
@@ -121,43 +126,53 @@ class Order:
         return True
 
 
-class RedisRelay:
-    """A :class:`~flask_cluster.master.hub.Relay` through a Redis Stream shared by every host."""
+class Link:
+    """The broker process: two threads, each with its own Redis connection, and a loop that
+    trades frames with the master (``("p", topic, payload, skip)`` in; ``("e", entries)`` and
+    ``("s", status)`` out)."""
 
-    def __init__(self, deliver: Deliver, *, url: str, cluster_name: str, buffer: int,
-                 stream_len: int, selector: selectors.BaseSelector,
-                 connect: Callable[[str], Any] = connect) -> None:
-        self._deliver = deliver
+    def __init__(self, channel: ipc.MessageChannel, *, url: str, stream: str, host: str,
+                 buffer: int, stream_len: int, connect: Callable[[str], Any] = connect) -> None:
+        self.channel = channel
         self._url = url
         self._connect = connect
-        self.stream = stream_key(cluster_name)
+        self.stream = stream
         self.stream_len = stream_len
-        self.host = uuid.uuid4().hex
-        self.outbox = Outbox(self.host, buffer)
-        self.order = Order()
-        self._seq = 0
-        self._selector = selector
+        self.outbox = Outbox(host, buffer)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self._inbox: deque[tuple[bytes, Fields]] = deque()  # read, not yet delivered
+        self._inbox: deque[tuple[bytes, Fields]] = deque()  # read, not yet sent to the master
         self.last_id = b""  # of the last entry read; where reading resumes
-        self.delivered_id = b""  # of the last entry delivered
         self._up = {"reading": False, "writing": False}
         self._positioned = threading.Event()  # the reader knows where the stream ends
         self._stopping = threading.Event()
         self._overflowing = False
-        self._threads = [threading.Thread(target=self._read, name="broker-reader", daemon=True),
-                         threading.Thread(target=self._write, name="broker-writer", daemon=True)]
 
-    # -- the master's side (loop thread) ----------------------------------------------------------
-
-    def start(self) -> None:
-        for thread in self._threads:
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._read, daemon=True),
+                   threading.Thread(target=self._write, daemon=True)]
+        for thread in threads:
             thread.start()
+        selector = selectors.DefaultSelector()
+        selector.register(self.channel.sock, selectors.EVENT_READ)
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while True:
+                selector.select(STATUS_EVERY)
+                try:
+                    frames = self.channel.receive()
+                except ipc.ChannelClosed:
+                    return  # the master is gone
+                for frame in frames:
+                    _kind, topic, payload, skip = marshal.loads(frame)
+                    self._publish(topic, payload, skip)
+                self._forward()
+        finally:
+            self._stopping.set()
+            self.outbox.wake()
 
-    def publish(self, topic: str, payload: bytes, skip: int | None) -> None:
+    def _publish(self, topic: str, payload: bytes, skip: int | None) -> None:
         if self.outbox.put(topic, payload, skip):
             self._overflowing = False
         elif not self._overflowing:  # one line per overflow, not one per broadcast
@@ -165,42 +180,25 @@ class RedisRelay:
             log.error("broker unreachable and %d broadcasts waiting (--broker-buffer): dropping "
                       "broadcasts until it is back", self.outbox.limit)
 
-    def _on_wake(self, _sock: Any, _mask: int) -> None:
+    def _forward(self) -> None:
         try:
             while self._wake_r.recv(4096):
                 pass
         except BlockingIOError:
             pass
-        inbox = self._inbox
-        while inbox:
-            entry_id, fields = inbox.popleft()
-            self.delivered_id = entry_id
-            if not self.order.accept(fields[b"h"], int(fields[b"n"])):
-                continue
-            skip = int(fields[b"k"]) if fields[b"k"] and fields[b"h"] == self.outbox.host else None
-            self._seq += 1
-            self._deliver(self._seq, fields[b"t"].decode(), fields[b"p"], skip)
-
-    def status(self) -> dict[str, Any]:
-        return {"url": redact(self._url), "stream": self.stream, "connected": all(self._up.values()),
-                "last_id": self.delivered_id.decode(), "lag": len(self._inbox),
-                "buffered": len(self.outbox), "dropped": self.outbox.dropped,
-                "missed": self.order.missed, "hosts_seen": len(self.order.last)}
-
-    def sockets(self) -> list[socket.socket]:
-        """What a forked worker closes: its copies of the wake-up pair."""
-        return [self._wake_r, self._wake_w]
-
-    def close(self) -> None:
-        self._stopping.set()
-        self.outbox.wake()
-        self._positioned.set()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(SOCKET_TIMEOUT + 1)
-        self._selector.unregister(self._wake_r)
-        self._wake_r.close()
-        self._wake_w.close()
+        entries = []
+        while self._inbox:
+            entries.append(self._inbox.popleft())
+        if entries:
+            self.channel.queue(marshal.dumps(("e", entries)))
+        self.channel.queue(marshal.dumps(("s", {
+            "connected": all(self._up.values()), "buffered": len(self.outbox),
+            "dropped": self.outbox.dropped})))
+        self.channel.sock.setblocking(True)  # the master reads at once; never drop an entry
+        try:
+            self.channel.flush()
+        finally:
+            self.channel.sock.setblocking(False)
 
     # -- the threads --------------------------------------------------------------------------
 
@@ -223,7 +221,7 @@ class RedisRelay:
                     try:
                         self._wake_w.send(b"\0")
                     except BlockingIOError:
-                        pass  # the master has a wake-up pending already
+                        pass  # a wake-up is pending already
 
     def _write(self) -> None:
         self._positioned.wait()
@@ -266,6 +264,95 @@ class RedisRelay:
             finally:
                 if client is not None:
                     client.close()
+
+
+class RedisRelay:
+    """A :class:`~flask_cluster.master.hub.Relay` through a Redis Stream shared by every host.
+
+    The Redis I/O runs in a process of its own, forked before any worker: threads in the master
+    would be forked along with it mid-import and leave a worker waiting forever on a module
+    lock they held. The master trades non-blocking frames with it, on its own loop.
+    """
+
+    def __init__(self, deliver: Deliver, *, url: str, cluster_name: str, buffer: int,
+                 stream_len: int, selector: selectors.BaseSelector) -> None:
+        self._deliver = deliver
+        self._url = url
+        self.stream = stream_key(cluster_name)
+        self.host = uuid.uuid4().hex
+        self._host = self.host.encode()
+        self.order = Order()
+        self._seq = 0
+        self.delivered_id = b""
+        self.lag = 0
+        self._link_status: dict[str, Any] = {"connected": False, "buffered": 0, "dropped": 0}
+        ours, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:  # the broker process
+            code = 1
+            try:
+                ours.close()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when to stop
+                set_title(f"flask-cluster broker [{cluster_name}]")
+                theirs.setblocking(False)
+                Link(ipc.MessageChannel(theirs), url=url, stream=self.stream, host=self.host,
+                     buffer=buffer, stream_len=stream_len).run()
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        ours.setblocking(False)
+        self.channel = ipc.MessageChannel(ours)
+        self._selector = selector
+        selector.register(ours, selectors.EVENT_READ, self._on_ready)
+
+    def publish(self, topic: str, payload: bytes, skip: int | None) -> None:
+        self.channel.queue(marshal.dumps(("p", topic, payload, skip)))
+        if not self.channel.flush():
+            self._selector.modify(self.channel.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                  self._on_ready)
+
+    def _on_ready(self, _sock: Any, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and self.channel.flush():
+            self._selector.modify(self.channel.sock, selectors.EVENT_READ, self._on_ready)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            frames = self.channel.receive()
+        except ipc.ChannelClosed:
+            log.error("the broker process is gone: broadcasts stop until the master restarts")
+            self._selector.unregister(self.channel.sock)
+            return
+        for frame in frames:
+            kind, body = marshal.loads(frame)
+            if kind == "s":
+                self._link_status = body
+            else:
+                self._deliver_entries(body)
+
+    def _deliver_entries(self, entries: list[tuple[bytes, Fields]]) -> None:
+        for entry_id, fields in entries:
+            self.delivered_id = entry_id
+            if not self.order.accept(fields[b"h"], int(fields[b"n"])):
+                continue
+            skip = int(fields[b"k"]) if fields[b"k"] and fields[b"h"] == self._host else None
+            self._seq += 1
+            self._deliver(self._seq, fields[b"t"].decode(), fields[b"p"], skip)
+
+    def status(self) -> dict[str, Any]:
+        return {"url": redact(self._url), "stream": self.stream, **self._link_status,
+                "last_id": self.delivered_id.decode(), "missed": self.order.missed,
+                "hosts_seen": len(self.order.last)}
+
+    def sockets(self) -> list[socket.socket]:
+        """What a forked worker closes: its copy of the master's end."""
+        return [self.channel.sock]
+
+    def close(self) -> None:
+        """The broker process sees its channel close and exits; the master reaps it."""
+        if self.channel.sock.fileno() in self._selector.get_map():
+            self._selector.unregister(self.channel.sock)
+        self.channel.close()
 
 
 def redact(url: str) -> str:
