@@ -124,6 +124,13 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
                f"threads {master['threads']}  up {master['uptime']}s")
     if master["last_error"]:
         click.echo(f"last error: {master['last_error']}")
+    broker = master.get("broker")
+    if broker is not None:
+        click.echo(f"broker {broker['url']} {broker['stream']}  "
+                   f"{'connected' if broker['connected'] else 'DISCONNECTED'}  "
+                   f"last id {broker['last_id'] or '-'}  buffered {broker['buffered']}  "
+                   f"dropped {broker['dropped']}  missed {broker['missed']}  "
+                   f"hosts seen {broker['hosts_seen']}")
     rows = [STATUS_COLUMNS] + [tuple(str(w[c]) for c in STATUS_COLUMNS) for w in reply["workers"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
     for row in rows:
