@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -38,6 +39,13 @@ def _validate(config: Config) -> None:
                                  param_hint=option_name("balance"))
     if config.key and not config.cert:
         raise click.BadParameter("--key needs --cert", param_hint=option_name("key"))
+    if config.broker is not None:
+        if not config.broker.startswith(("redis://", "rediss://")):
+            raise click.BadParameter(f"{config.broker!r} is not a redis:// or rediss:// URL",
+                                     param_hint=option_name("broker"))
+        if importlib.util.find_spec("redis") is None:
+            raise click.BadParameter("needs redis-py: pip install 'flask-cluster[redis]'",
+                                     param_hint=option_name("broker"))
     try:
         check_format(config.access_log_format)
     except AccessLogFormatError as exc:
@@ -138,6 +146,13 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
                f"threads {master['threads']}  up {master['uptime']}s")
     if master["last_error"]:
         click.echo(f"last error: {master['last_error']}")
+    broker = master.get("broker")
+    if broker is not None:
+        click.echo(f"broker {broker['url']} {broker['stream']}  "
+                   f"{'connected' if broker['connected'] else 'DISCONNECTED'}  "
+                   f"last id {broker['last_id'] or '-'}  buffered {broker['buffered']}  "
+                   f"dropped {broker['dropped']}  missed {broker['missed']}  "
+                   f"hosts seen {broker['hosts_seen']}")
     rows = [STATUS_COLUMNS] + [tuple(str(w[c]) for c in STATUS_COLUMNS) for w in reply["workers"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
     for row in rows:

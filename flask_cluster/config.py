@@ -118,6 +118,18 @@ class Config:
     log_format: str = setting("text", "Log lines as text (for people) or one JSON object each "
                               "(for log shippers); the access log follows.",
                               type=click.Choice(LOG_FORMATS))
+    broker: str | None = setting(
+        None, "redis://HOST:PORT/DB or rediss:// (TLS): broadcasts reach every host sharing it "
+        "(password in the URL or from REDIS_PASSWORD; needs flask-cluster[redis]).")
+    cluster_name: str | None = setting(
+        None, "Separates apps that share one broker: one stream per name (default: the app's "
+        "import name).")
+    broker_buffer: int = setting(
+        10000, "Broadcasts held in order while the broker is unreachable; more are dropped, "
+        "logged and counted.", type=click.IntRange(1))
+    broker_stream_len: int = setting(
+        100000, "Broadcasts the broker keeps (MAXLEN ~): a host away for longer misses the "
+        "oldest and logs how many.", type=click.IntRange(100))
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -62,7 +62,10 @@ def execute(request: dict[str, Any], master: Controlled) -> dict[str, Any]:
         topic = request.get("topic")
         if not isinstance(topic, str) or not topic:
             return {"ok": False, "error": "broadcast needs a topic"}
-        return {"ok": True, "delivered_to": master.publish(topic, request.get("data"))}
+        try:
+            return {"ok": True, "delivered_to": master.publish(topic, request.get("data"))}
+        except ValueError as exc:  # data that does not pickle, or no way to sign it
+            return {"ok": False, "error": str(exc)}
     else:
         return {"ok": False, "error": f"unknown command {command!r}"}
     return {"ok": True}

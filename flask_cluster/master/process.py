@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from ..config import Config
@@ -31,7 +31,7 @@ from .channels import WorkerChannels
 from .control import ControlError, ControlServer, open_control
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
-from .hub import Hub
+from .hub import Deliver, Hub, LocalRelay
 from .pidfile import PidFileError, remove_pid, write_pid
 from .roster import SERVING, Roster
 from .signals import SignalQueue
@@ -39,6 +39,9 @@ from .source_watch import SourceWatcher
 from .spawn import Spawner, decode_status
 from .status import cluster_status
 from .worker_handle import WorkerHandle
+
+if TYPE_CHECKING:
+    from .redis_relay import RedisRelay
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -73,7 +76,9 @@ class Master:
         self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
         self.spawner: Spawner | None = None
         self.channels = WorkerChannels(self.selector, self._on_message, self._stuck)
-        self.hub = Hub(self.channels.send, lambda: self._live)
+        self.broker: RedisRelay | None = None
+        self.hub = Hub(self.channels.send, lambda: self._live,
+                       relay=self._open_broker if config.broker else LocalRelay)
         self._message_handlers: dict[type[wire.Message], Callable[[WorkerHandle, Any], None]] = {
             wire.Ready: self._ready,
             wire.BootFailed: self._boot_failed,
@@ -132,6 +137,17 @@ class Master:
             log.error("%s", self.exit.reason)
             return self.exit.code
         return EXIT_CLEAN
+
+    def _open_broker(self, deliver: Deliver) -> RedisRelay:
+        from .redis_relay import RedisRelay  # redis-py is an extra: imported only when asked for
+
+        config = self.config
+        assert config.broker is not None
+        self.broker = RedisRelay(deliver, url=config.broker,
+                                 cluster_name=config.cluster_name or self.app_name,
+                                 buffer=config.broker_buffer, stream_len=config.broker_stream_len,
+                                 selector=self.selector)
+        return self.broker
 
     @property
     def _master_accepts(self) -> bool:
@@ -211,8 +227,10 @@ class Master:
         shed: list[Callable[[], object]] = [self.selector.close]
         if self.dispatcher is not None:
             shed.append(self.dispatcher.close_waiting)  # our copies; the master hands them on
-        handle = self.spawner.spawn(worker_id, self.workers.values(),
-                                    [self.signals.wake_r, self.signals.wake_w], shed)
+        close: list[socket.socket | None] = [self.signals.wake_r, self.signals.wake_w]
+        if self.broker is not None:
+            close += self.broker.sockets()
+        handle = self.spawner.spawn(worker_id, self.workers.values(), close, shed)
         self.workers[handle.pid] = handle
         self.roster.add(worker_id, handle.pid, time.monotonic())
         self.channels.watch(handle)
@@ -351,6 +369,11 @@ class Master:
 
     def publish(self, topic: str, data: Any) -> int:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
+        if self.broker is not None:
+            # The workers check every broadcast's signature and the master has no key to sign
+            # with: an unsigned one would be dropped on every host.
+            raise ValueError("cluster-ctl broadcast is not available with --broker: the master "
+                             "holds no signing key; broadcast from a view instead")
         return self.hub.publish(topic, wire.pack(data))
 
     def status(self) -> dict[str, Any]:
@@ -358,7 +381,10 @@ class Master:
         master = {"pid": self.pid, "app": self.app_name, "address": self.address,
                   "balance": self.config.balance, "threads": self.config.threads,
                   "uptime": round(now - self.started, 1)}
-        return cluster_status(master, self.roster, self.workers, self.scoreboard, now)
+        status = cluster_status(master, self.roster, self.workers, self.scoreboard, now)
+        if self.broker is not None:
+            status["master"]["broker"] = self.broker.status()
+        return status
 
     # -- the end ---------------------------------------------------------------
 
@@ -372,4 +398,6 @@ class Master:
         close_listener(self.listener, self.config.uds, self.inherited)
         remove_pid(self.config.pid, self.pid)
         self.signals.close()
+        if self.broker is not None:
+            self.broker.close()
         self.selector.close()

@@ -8,6 +8,9 @@ runs as soon as the view returns; gather questions are answered at once.
 
 Deliveries carry the master's sequence number: a worker runs each broadcast once, in that order,
 and :attr:`WorkerMessenger.last_seq` says how far it got.
+
+With a broker, broadcasts cross machines: they are signed here with the app's key and checked
+here before they are unpickled (:mod:`flask_cluster.signing`); the master only relays them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from .. import ipc, wire
+from .. import ipc, signing, wire
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -37,13 +40,16 @@ REPLY_GRACE = 1.0  # how much longer than its timeout a gather waits for the mas
 
 class WorkerMessenger:
     def __init__(self, channel: ipc.MessageChannel, worker_id: int, app: Flask,
-                 extension: FlaskCluster | None) -> None:
+                 extension: FlaskCluster | None, *, signing_key: bytes | None = None) -> None:
+        """``signing_key``: with a broker, the key broadcasts are signed and checked with."""
         self.channel = channel
         self.worker_id = worker_id
         self.app = app
         self.extension = extension
         self.backlog: deque[wire.Message] = deque()
         self.last_seq = 0  # of the last broadcast run here
+        self.signing_key = signing_key
+        self.rejected = 0  # deliveries dropped for a missing or wrong signature
         self._send_lock = threading.RLock()  # a gather answered while sending sends too
         self._request_ids = itertools.count(1)
         self._waiting: dict[int, Future[list[wire.Answer]]] = {}
@@ -66,6 +72,8 @@ class WorkerMessenger:
     # -- runtime.Messenger --------------------------------------------------------------------
 
     def broadcast(self, topic: str, payload: bytes, include_self: bool) -> None:
+        if self.signing_key is not None:
+            payload = signing.sign(self.signing_key, topic, payload)
         self._send(wire.encode(wire.Broadcast(topic, payload, include_self)))
 
     def gather(self, topic: str, payload: bytes, timeout: float) -> list[wire.Answer]:
@@ -146,7 +154,16 @@ class WorkerMessenger:
                         self.last_seq)
             return
         self.last_seq = message.seq
-        self._handle(message.topic, message.payload)
+        payload = message.payload
+        if self.signing_key is not None:
+            verified = signing.verify(self.signing_key, message.topic, payload)
+            if verified is None:
+                self.rejected += 1
+                log.warning("broadcast %r dropped: its signature is missing or wrong (%d so far)",
+                            message.topic, self.rejected)
+                return
+            payload = verified
+        self._handle(message.topic, payload)
 
     def _on_ask(self, message: wire.Ask) -> None:
         ok, value = self._handle(message.topic, message.payload)

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .. import ipc, runtime, wire
+from .. import ipc, runtime, signing, wire
 from ..contract import EXIT_BOOT_ERROR, EXIT_OK, WorkerSpec
 from ..extension import extension_of
 from ..http.parser import Limits
@@ -80,10 +80,12 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a bad app counts too
             return self._boot_failed(exc)
         extension = extension_of(app)
-        messenger = WorkerMessenger(self.channel, self.worker_id, app, extension)
-        runtime.current = runtime.WorkerRuntime(
-            self.worker_id, messenger, lambda: self.scoreboard.worker_count)
         try:
+            key = signing.key_of(app.config) if self.config.broker else None
+            messenger = WorkerMessenger(self.channel, self.worker_id, app, extension,
+                                        signing_key=key)
+            runtime.current = runtime.WorkerRuntime(
+                self.worker_id, messenger, lambda: self.scoreboard.worker_count)
             if extension is not None:
                 with app.app_context():
                     extension.run_start_hooks()
