@@ -22,21 +22,21 @@ from typing import TYPE_CHECKING, Any
 from .. import wire
 from ..config import Config
 from ..contract import RunWorker
-from ..listeners import close_listener, close_quietly, describe, open_listener, stop_listening
+from ..listeners import close_quietly, stop_listening
 from ..proctitle import set_title
-from ..scoreboard import HEARTBEAT_MS, RSS_KIB, Scoreboard, now_ms
+from ..scoreboard import HEARTBEAT_MS, Scoreboard, now_ms
 from ..tls import server_context
 from .actions import Abandon, Action, Exit, Kill, Log, Signal, Spawn, StopAccepting
 from .channels import WorkerChannels
-from .control import ControlError, ControlServer, open_control
 from .cpus import usable_cpus
 from .dispatch import Dispatcher
+from .endpoints import Endpoints, open_endpoints
+from .health import Health
 from .hub import Deliver, Hub, LocalRelay
-from .pidfile import PidFileError, remove_pid, write_pid
-from .roster import SERVING, Roster
-from .signals import SignalQueue
+from .roster import Roster
+from .signals import SignalQueue, meaning
 from .source_watch import SourceWatcher
-from .spawn import Spawner, decode_status
+from .spawn import Spawner, decode_status, reaped
 from .status import cluster_status
 from .worker_handle import WorkerHandle
 
@@ -46,9 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_cluster.master")
 
 EXIT_CLEAN = 0
-MEMORY_CHECK_INTERVAL = 1.0
 HOUSEKEEPING = 0.1  # seconds between checks of timers, heartbeats, memory and deadlines
-RESPONSIVE_MS = 1500  # a worker's loop beats every 0.5 s; older than this, it is busy
 
 
 class Master:
@@ -66,19 +64,26 @@ class Master:
                              graceful_timeout=config.graceful_timeout,
                              max_memory_mib=config.max_memory,
                              max_workers=self.scoreboard.slots // 2)
+        self.health = Health(config, self.scoreboard, self.roster)
         self.selector = selectors.DefaultSelector()
         self.signals = SignalQueue()
-        self.listener: socket.socket | None = None
-        self.inherited = False
-        self._next_memory_check = 0.0
         self._next_housekeeping = 0.0
         self._reap_due = False  # SIGCHLD came: reap on this pass
         self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
         self.spawner: Spawner | None = None
-        self.channels = WorkerChannels(self.selector, self._on_message, self._stuck)
+        self.channels = WorkerChannels(  # a worker far behind on its messages is hung
+            self.selector, self._on_message,
+            lambda handle: self._perform(self.roster.hung(handle.pid, time.monotonic())))
         self.broker: RedisRelay | None = None
         self.hub = Hub(self.channels.send, lambda: self._live,
                        relay=self._open_broker if config.broker else LocalRelay)
+        self._on_signal: dict[str, Callable[[], None]] = {
+            "graceful stop": lambda: self.stop(graceful=True),
+            "fast stop": lambda: self.stop(graceful=False),
+            "reap": self._reap_soon, "reload": self.reload,
+            "one more": lambda: self.scale(self.roster.target + 1),
+            "one fewer": lambda: self.scale(self.roster.target - 1),
+        }
         self._message_handlers: dict[type[wire.Message], Callable[[WorkerHandle, Any], None]] = {
             wire.Ready: self._ready,
             wire.BootFailed: self._boot_failed,
@@ -87,10 +92,9 @@ class Master:
         self.exit: Exit | None = None  # why the master gives up, if it does
         self._announced = False  # the "serving" line is printed when the first worker is ready
         self._failure_shown = False  # a boot failure's traceback was printed
-        self.address = ""
         self.pid = os.getpid()
         self.started = time.monotonic()
-        self.control: ControlServer | None = None
+        self.endpoints: Endpoints | None = None  # the listener, control socket and pid file
         self.watcher = SourceWatcher(os.getcwd()) if config.reload else None
         # Checked here so a bad certificate fails at start with a clear message; each worker
         # loads its own after the fork, so a rolling reload picks up renewed certificates.
@@ -101,28 +105,15 @@ class Master:
     def run(self) -> int:
         set_title(f"flask-cluster master [{self.app_name}]")
         config = self.config
-        self.listener, self.inherited = open_listener(config.host, config.port, config.uds,
-                                                      reuseport=config.balance == "reuseport")
-        self.address = describe(self.listener, tls=self.tls is not None)
-        try:
-            # Before the pid file: a failure here leaves nothing behind.
-            self.control = open_control(config, self.listener, self.app_name, self)
-        except ControlError:
-            close_listener(self.listener, config.uds, self.inherited)
-            raise
-        self.control.watch(self.selector)
-        try:
-            write_pid(config.pid, self.pid)
-        except PidFileError:
-            self.control.close()  # nothing is left behind
-            close_listener(self.listener, config.uds, self.inherited)
-            raise
+        self.endpoints = open_endpoints(config, self.app_name, self, self.selector,
+                                        tls=self.tls is not None)
+        listener = self.endpoints.listener
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
-                               self.listener, self.pid, self.run_worker)
+                               listener, self.pid, self.run_worker)
         if self._master_accepts:
-            self.dispatcher = Dispatcher(self.listener, self.selector, config.balance,
-                                         self._dispatchable, self._lost,
+            self.dispatcher = Dispatcher(listener, self.selector, config.balance,
+                                         lambda: self.health.responsive_first(self._live), self._lost,
                                          serving_blocks=config.threads == 1)
             self.dispatcher.start()
         target = self.roster.target
@@ -139,14 +130,9 @@ class Master:
         return EXIT_CLEAN
 
     def _open_broker(self, deliver: Deliver) -> RedisRelay:
-        from .redis_relay import RedisRelay  # redis-py is an extra: imported only when asked for
+        from .redis_relay import open_relay  # redis-py is an extra: imported only when asked for
 
-        config = self.config
-        assert config.broker is not None
-        self.broker = RedisRelay(deliver, url=config.broker,
-                                 cluster_name=config.cluster_name or self.app_name,
-                                 buffer=config.broker_buffer, stream_len=config.broker_stream_len,
-                                 selector=self.selector)
+        self.broker = open_relay(deliver, self.config, self.app_name, self.selector)
         return self.broker
 
     @property
@@ -177,7 +163,10 @@ class Master:
             self.channels.flush_all()
 
     def _housekeeping(self, now: float) -> None:
-        self._check_workers(now)
+        for handle in list(self.workers.values()):
+            if handle.behind_since is not None:
+                self.channels.check_backlog(handle)
+        self._perform(self.health.check(list(self.workers.values()), now))
         self._perform(self.roster.tick(now))
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
@@ -210,8 +199,9 @@ class Master:
                     self.dispatcher.stop()
                 # New clients are refused from now on instead of waiting in the backlog until
                 # we exit (shared: for the workers' copies too; they stop accepting on SIGTERM).
-                if not self.inherited:  # systemd keeps its socket listening for the next start
-                    stop_listening(self.listener)
+                assert self.endpoints is not None
+                if not self.endpoints.inherited:  # systemd keeps it listening for the next start
+                    stop_listening(self.endpoints.listener)
             elif isinstance(action, Exit):
                 self.exit = action
 
@@ -241,16 +231,6 @@ class Master:
         one being reaped: it is out of ``workers`` before the roster hears of its exit)."""
         return [self.workers[m.pid] for m in self.roster.serving() if m.pid in self.workers]
 
-    def _dispatchable(self) -> list[WorkerHandle]:
-        """Who gets the next connection: ready workers whose loop answered lately. A worker
-        busy in a long view (or hung, until --timeout catches it) is skipped while others
-        are responsive; if none is, every ready worker stays a candidate."""
-        live = self._live
-        fresh_after = now_ms() - RESPONSIVE_MS
-        responsive = [handle for handle in live
-                      if self.scoreboard.get(handle.slot, HEARTBEAT_MS) >= fresh_after]
-        return responsive or live
-
     def _on_message(self, handle: WorkerHandle, message: wire.Message) -> None:
         # booting (start hooks) and retiring workers may send and ask too: the hub takes those
         self._message_handlers.get(type(message), self.hub.receive)(handle, message)
@@ -278,37 +258,10 @@ class Master:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
         self._perform(self.roster.lost(target.pid))
 
-    def _stuck(self, handle: WorkerHandle) -> None:
-        self._perform(self.roster.hung(handle.pid, time.monotonic()))
-
-    def _check_workers(self, now: float) -> None:
-        silent_ms = now_ms() - int(self.config.timeout * 1000)
-        check_memory = self.config.max_memory and now >= self._next_memory_check
-        if check_memory:
-            self._next_memory_check = now + MEMORY_CHECK_INTERVAL
-        for handle in list(self.workers.values()):
-            member = self.roster.members.get(handle.pid)
-            if check_memory:
-                rss = self.scoreboard.get(handle.slot, RSS_KIB)
-                self._perform(self.roster.memory(handle.pid, rss, now))
-            if handle.behind_since is not None:
-                self.channels.check_backlog(handle)
-            if member is not None and member.state in SERVING \
-                    and member.kill_at is None \
-                    and self.scoreboard.get(handle.slot, HEARTBEAT_MS) < silent_ms:
-                log.error("%s silent for more than %gs: replacing it", handle, self.config.timeout)
-                self._perform(self.roster.hung(handle.pid, now))
-
     # -- reaping ------------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             handle = self.workers.pop(pid, None)
             if handle is not None:
                 self._exited(handle, status)
@@ -334,27 +287,23 @@ class Master:
     def _handle_signals(self) -> None:
         while self.signals.pending:
             signum = self.signals.pending.popleft()
-            if signum == signal.SIGINT and self.roster.stopping:
-                self.stop(graceful=False)  # a second Ctrl-C: at once, as most servers do
-            elif signum in (signal.SIGTERM, signal.SIGINT):
-                if signum == signal.SIGINT and not self.roster.stopping:
-                    log.info("finishing requests in flight (up to %gs); Ctrl-C again to stop at "
-                             "once", self.config.graceful_timeout)
-                self.stop(graceful=True)
-            elif signum == signal.SIGQUIT:
-                self.stop(graceful=False)
-            elif signum == signal.SIGCHLD:
-                self._reap_due = True
-            elif signum == signal.SIGHUP:
-                self.reload()
-            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
-                count = self.roster.target + (1 if signum == signal.SIGTTIN else -1)
-                try:
-                    self.scale(count)
-                except ValueError as exc:
-                    log.warning("%s ignored: %s", signal.Signals(signum).name, exc)
+            asked = meaning(signum, stopping=self.roster.stopping)
+            if asked == "graceful stop" and signum == signal.SIGINT:
+                log.info("finishing requests in flight (up to %gs); Ctrl-C again to stop at once",
+                         self.config.graceful_timeout)
+            try:
+                self._on_signal[asked]()
+            except ValueError as exc:  # scaling past the limits
+                log.warning("%s ignored: %s", signal.Signals(signum).name, exc)
 
     # -- operations (signals and cluster-ctl) ----------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return self.endpoints.address if self.endpoints is not None else ""
+
+    def _reap_soon(self) -> None:
+        self._reap_due = True
 
     def stop(self, *, graceful: bool) -> None:
         self._perform(self.roster.stop(graceful=graceful, now=time.monotonic()))
@@ -381,10 +330,9 @@ class Master:
         master = {"pid": self.pid, "app": self.app_name, "address": self.address,
                   "balance": self.config.balance, "threads": self.config.threads,
                   "uptime": round(now - self.started, 1)}
-        status = cluster_status(master, self.roster, self.workers, self.scoreboard, now)
         if self.broker is not None:
-            status["master"]["broker"] = self.broker.status()
-        return status
+            master["broker"] = self.broker.status()
+        return cluster_status(master, self.roster, self.workers, self.scoreboard, now)
 
     # -- the end ---------------------------------------------------------------
 
@@ -393,10 +341,8 @@ class Master:
             self._signal(pid, signal.SIGKILL)
         if self.dispatcher is not None:
             self.dispatcher.close_waiting()
-        if self.control is not None:
-            self.control.close()
-        close_listener(self.listener, self.config.uds, self.inherited)
-        remove_pid(self.config.pid, self.pid)
+        if self.endpoints is not None:
+            self.endpoints.close(self.config)
         self.signals.close()
         if self.broker is not None:
             self.broker.close()

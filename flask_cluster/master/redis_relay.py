@@ -35,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import ipc
+from ..config import Config
 from ..proctitle import set_title
 from .hub import Deliver
 
@@ -363,3 +364,12 @@ def redact(url: str) -> str:
         return url
     user = credentials.partition(":")[0]
     return f"{scheme}{sep}{user}:***@{place}" if user else f"{scheme}{sep}***@{place}"
+
+
+def open_relay(deliver: Deliver, config: Config, app_name: str,
+               selector: selectors.BaseSelector) -> RedisRelay:
+    """The relay ``--broker`` asks for, on the stream of ``--cluster-name`` (default: the app)."""
+    assert config.broker is not None
+    return RedisRelay(deliver, url=config.broker, cluster_name=config.cluster_name or app_name,
+                      buffer=config.broker_buffer, stream_len=config.broker_stream_len,
+                      selector=selector)

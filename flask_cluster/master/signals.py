@@ -12,6 +12,18 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
 
+# What each signal asks of the master (docs/operations.rst, "Signals").
+MEANINGS: dict[int, str] = {signal.SIGTERM: "graceful stop", signal.SIGINT: "graceful stop",
+            signal.SIGQUIT: "fast stop", signal.SIGCHLD: "reap", signal.SIGHUP: "reload",
+            signal.SIGTTIN: "one more", signal.SIGTTOU: "one fewer"}
+
+
+def meaning(signum: int, *, stopping: bool) -> str:
+    if signum == signal.SIGINT and stopping:
+        return "fast stop"  # a second Ctrl-C: at once, as most servers do
+    return MEANINGS[signum]
+
+
 class SignalQueue:
     def __init__(self) -> None:
         self.pending: deque[int] = deque()

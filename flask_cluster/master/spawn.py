@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import ipc
@@ -100,6 +100,18 @@ def fork_worker(run: Callable[[], int], close: Iterable[socket.socket | None],
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def reaped() -> Iterator[tuple[int, int]]:
+    """Children that have exited, with their wait status: ``waitpid(-1, WNOHANG)`` until none."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def decode_status(status: int) -> Death:
