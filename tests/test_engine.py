@@ -1172,7 +1172,7 @@ def test_begin_stop_lets_an_arriving_request_finish(make_server: Callable[..., S
     server = make_server(validator(make_app(state)))
     with server.client(timeout=1.0) as client:
         client.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello")
-        wait_for(lambda: any(conn.parser.in_progress for conn in server.connections()),
+        wait_for(lambda: any(conn.http.in_progress for conn in server.connections()),
                  what="the request to be in progress")
         server.begin_stop(1.5)
         client.send(b"world")
@@ -1270,7 +1270,8 @@ def _drain(sock: socket.socket, into: bytearray, quiet: float = 0.05) -> None:
         into += data
 
 
-def test_paused_response_resumes_when_a_flush_drains_everything(state: AppState) -> None:
+def test_paused_response_resumes_when_a_flush_drains_everything(state: AppState,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A response paused at the high-water mark resumes on writability; when some other flush
     (serve()'s, after a resume) drains the buffer whole, write interest must stay on, or the
     response stalls for good. A fast client makes that happen at random; here it is forced."""
@@ -1285,14 +1286,14 @@ def test_paused_response_resumes_when_a_flush_drains_everything(state: AppState)
     accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 400 * 1024)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     received = bytearray()
-    serve = engine.serve
+    serve = Connection.serve
 
     def serve_after_the_client_read_everything(conn: Connection) -> None:
         if conn.current is not None:  # resumed mid-response: a fast client empties the pipe now
             _drain(client, received)
         serve(conn)
 
-    engine.serve = serve_after_the_client_read_everything  # type: ignore[method-assign]
+    monkeypatch.setattr(Connection, "serve", serve_after_the_client_read_everything)
     try:
         engine.add_connection(accepted)
         client.sendall(build("GET", f"/tracked?chunks={chunks}&size={size}"))
