@@ -3,6 +3,8 @@ without a socket. Each case is also fed in random chunks: the split must not mat
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +24,7 @@ def feed(data: bytes, cuts: list[int] | None = None) -> tuple[HTTPConnection, by
     """A connection fed ``data`` (split at ``cuts``), and what it asked to send meanwhile."""
     http = HTTPConnection(Limits())
     points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts or [])})
-    sent = b"".join(http.receive_data(data[a:b]) for a, b in zip(points, points[1:]) if b > a)
+    sent = b"".join(http.receive_data(data[a:b]) for a, b in itertools.pairwise(points) if b > a)
     return http, sent
 
 
