@@ -24,14 +24,12 @@ class Wakeup:
         signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
 
     def drain(self) -> bytes:
-        """What was written since the last drain (signal numbers for :meth:`for_signals`)."""
-        data = b""
+        """What was written since the last drain (signal numbers for :meth:`for_signals`). One
+        read: the selector is level-triggered, so anything left wakes the loop again."""
         try:
-            while chunk := self.reader.recv(4096):
-                data += chunk
+            return self.reader.recv(4096)
         except BlockingIOError:
-            pass
-        return data
+            return b""
 
     def close(self) -> None:
         self.reader.close()
