@@ -9,6 +9,11 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+A = TypeVar("A")
+log = logging.getLogger("flask_cluster")
 
 # One client's trouble, not ours: it reset before we took it, or its network failed. Linux's
 # accept(2): "treat them like EAGAIN by retrying". The master's and the workers' accept loops
@@ -16,12 +21,33 @@ import time
 ACCEPT_SKIP_ERRORS = frozenset(getattr(errno, name) for name in (
     "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
     "EOPNOTSUPP", "ENETUNREACH", "EPERM") if hasattr(errno, name))
+
+
+def accept_batch(accept: Callable[[], tuple[A, Any]], take: Callable[[A, Any], bool],
+                 batch: int) -> OSError | None:
+    """Accept up to ``batch`` connections with ``accept``, giving each to ``take`` (False: stop
+    here). The one policy of the master and the workers: a client's own failure is skipped, an
+    empty backlog ends the batch, and any other error ends it and is returned for the caller to
+    decide (pause, or stop listening)."""
+    for _ in range(batch):
+        try:
+            conn, address = accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if exc.errno in ACCEPT_SKIP_ERRORS:
+                log.debug("accept failed for one connection: %s", exc)
+                continue  # that client is gone; the next one may be fine
+            return exc
+        if not take(conn, address):
+            return None
+    return None
+
+
 BACKLOG = 2048  # as gunicorn and nginx: a burst of connects waits in the kernel, not refused
 SD_LISTEN_FDS_START = 3
 BIND_RETRY = 5.0  # seconds an address in use is tried again
 BIND_PAUSE = 0.25
-
-log = logging.getLogger("flask_cluster.master")
 
 
 class ListenError(Exception):

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from .. import ipc
-from ..listeners import ACCEPT_SKIP_ERRORS
+from ..listeners import accept_batch
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -236,25 +236,21 @@ class Dispatcher:
 
     def on_readable(self, listener: Any, _mask: int) -> None:
         batch: list[Accepted] = []
-        for _ in range(ACCEPT_BATCH):
-            try:
-                # The bare descriptor: socket.accept() would wrap it in a socket object (and
-                # convert its family and type to enums) only for the master to drop it after the
-                # hand-off, a fifth of the master's time per connection.
-                fd, address = listener._accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in ACCEPT_SKIP_ERRORS:
-                    log.debug("accept failed for one connection: %s", exc)
-                    continue
-                if exc.errno not in ACCEPT_PAUSE_ERRORS:
-                    raise
-                log.warning("accept failed: %s; retrying shortly", exc)
-                self.resting_until = 0.0
-                self._accept_more(False)  # retry() resumes after RETRY_AFTER
-                break
+
+        def take(fd: int, address: Any) -> bool:
             batch.append(Accepted(fd, ipc.encode_peer(address)))
+            return True
+
+        # The bare descriptor: socket.accept() would wrap it in a socket object (and convert its
+        # family and type to enums) only for the master to drop it after the hand-off, a fifth
+        # of the master's time per connection.
+        exc = accept_batch(listener._accept, take, ACCEPT_BATCH)
+        if exc is not None:
+            if exc.errno not in ACCEPT_PAUSE_ERRORS:
+                raise exc
+            log.warning("accept failed: %s; retrying shortly", exc)
+            self.resting_until = 0.0
+            self._accept_more(False)  # retry() resumes after RETRY_AFTER
         if not batch:
             return
         # Every worker still has connections it has not taken: these could not be served

@@ -217,7 +217,7 @@ class Master:
         shed: list[Callable[[], object]] = [self.selector.close]
         if self.dispatcher is not None:
             shed.append(self.dispatcher.close_waiting)  # our copies; the master hands them on
-        close: list[socket.socket | None] = [self.signals.wake_r, self.signals.wake_w]
+        close: list[socket.socket | None] = [self.signals.wakeup.reader, self.signals.wakeup.writer]
         if self.broker is not None:
             close += self.broker.sockets()
         handle = self.spawner.spawn(worker_id, self.workers.values(), close, shed)

@@ -37,6 +37,7 @@ from redis.retry import Retry
 from .. import ipc
 from ..config import Config
 from ..proctitle import set_title
+from ..wakeup import Wakeup
 from .hub import Deliver
 
 log = logging.getLogger("flask_cluster.master")
@@ -140,9 +141,7 @@ class Link:
         self.stream = stream
         self.stream_len = stream_len
         self.outbox = Outbox(host, buffer)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()  # the reader thread wakes the loop for new entries
         self._inbox: deque[tuple[bytes, Fields]] = deque()  # read, not yet sent to the master
         self.last_id = b""  # of the last entry read; where reading resumes
         self._up = {"reading": False, "writing": False}
@@ -157,7 +156,7 @@ class Link:
             thread.start()
         selector = selectors.DefaultSelector()
         selector.register(self.channel.sock, selectors.EVENT_READ)
-        selector.register(self._wake_r, selectors.EVENT_READ)
+        selector.register(self._wakeup.reader, selectors.EVENT_READ)
         try:
             while True:
                 selector.select(STATUS_EVERY)
@@ -182,11 +181,7 @@ class Link:
                       "broadcasts until it is back", self.outbox.limit)
 
     def _forward(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._wakeup.drain()
         entries = []
         while self._inbox:
             entries.append(self._inbox.popleft())
@@ -219,10 +214,7 @@ class Link:
                 if entries:
                     self._inbox.extend(entries)
                     self.last_id = entries[-1][0]
-                    try:
-                        self._wake_w.send(b"\0")
-                    except BlockingIOError:
-                        pass  # a wake-up is pending already
+                    self._wakeup.wake()
 
     def _write(self) -> None:
         self._positioned.wait()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import selectors
 import signal
-import socket
 from collections import deque
 from typing import Any
+
+from ..wakeup import Wakeup
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
@@ -27,30 +28,23 @@ def meaning(signum: int, *, stopping: bool) -> str:
 class SignalQueue:
     def __init__(self) -> None:
         self.pending: deque[int] = deque()
-        self.wake_r, self.wake_w = socket.socketpair()
+        self.wakeup = Wakeup()
 
     def install(self, selector: selectors.BaseSelector) -> None:
-        for sock in (self.wake_r, self.wake_w):
-            sock.setblocking(False)
-        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        self.wakeup.for_signals()
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, self._record)
-        selector.register(self.wake_r, selectors.EVENT_READ, self._drain)
+        selector.register(self.wakeup.reader, selectors.EVENT_READ, self._drain)
 
     def _record(self, signum: int, _frame: Any) -> None:
         self.pending.append(signum)
 
-    def _drain(self, sock: socket.socket, _mask: int) -> None:
-        try:
-            while sock.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+    def _drain(self, _sock: Any, _mask: int) -> None:
+        self.wakeup.drain()
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
-        self.wake_r.close()
-        self.wake_w.close()
+        self.wakeup.close()
 
 
 def default_handlers() -> None:

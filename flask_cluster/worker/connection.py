@@ -1,7 +1,14 @@
-"""One client connection inside a worker: read, parse, hand requests to the engine, write.
+"""One client connection inside a worker, the socket side: read, write, ``sendfile``, a lingering
+close, the TLS handshake. What the bytes mean is :class:`~flask_cluster.http.connection.HTTPConnection`'s.
 
 Runs on the worker's loop thread only. Responses are written in request order (pipelining):
-the engine serves one request of a connection at a time and the next only when it is done.
+one request of a connection is answered at a time, the next only when it is done.
+
+Here the rule that no bytes a client sends can kill a worker is kept. A request that cannot be
+read (the parser's :class:`HTTPError`) or prepared (:meth:`Owner.start`'s :class:`ServerFault`)
+is answered 400 or 500 after the requests before it, logged in one line with the peer, and its
+connection closed; an error of ours escaping a connection's handlers ends that connection only
+(:meth:`Connection.crashed`, called by the loop).
 """
 
 from __future__ import annotations
@@ -11,52 +18,77 @@ import os
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from ..http.errors import HTTPError
-from ..http.parser import RequestParser
+from ..http.connection import HTTPConnection
+from ..http.parser import Limits, Request
 from ..http.wsgi import error_response
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 log = logging.getLogger("flask_cluster.worker")
 
 READ_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024  # stop producing body chunks while this much waits for the client
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 LINGER = 5.0  # seconds a refused client may go on sending before we close (RFC 9112 9.6)
 
 
-class Connection:
-    __slots__ = ("sock", "engine", "parser", "out", "out_size", "current", "closing", "closed",
-                 "last_active", "want_write", "remote_addr", "remote_port", "error", "file",
-                 "request_started", "lingering")
+class Exchange(Protocol):
+    """One request being answered, whether the app runs on the loop or on a pool thread."""
 
-    def __init__(self, engine: Engine, sock: socket.socket, remote_addr: str, remote_port: str) -> None:
+    @property
+    def paused(self) -> bool:
+        """Waits for the client to drain before producing more (resumed by a writable event)."""
+
+    def resume(self) -> None:
+        """The client drained its buffer below the high-water mark."""
+
+    def file_sent(self) -> None:
+        """The ``sendfile`` transfer it started is complete."""
+
+    def connection_lost(self) -> None:
+        """The connection closed: stop, release what it holds, count its end once."""
+
+
+class Owner(Protocol):
+    """What a connection needs of the loop that owns it."""
+
+    def start(self, conn: Connection, request: Request) -> None:
+        """Answer ``request``: set ``conn.current`` while the answer is in progress."""
+
+    def watch_writes(self, conn: Connection, on: bool) -> None: ...
+
+    def stop_reading(self, conn: Connection) -> None: ...
+
+    def forget(self, conn: Connection) -> None:
+        """The connection is closed: no more events for it."""
+
+
+class Connection:
+    __slots__ = ("sock", "owner", "http", "out", "out_size", "current", "closed", "last_active",
+                 "want_write", "remote_addr", "remote_port", "file", "request_started",
+                 "lingering")
+
+    def __init__(self, owner: Owner, sock: socket.socket, limits: Limits, remote_addr: str,
+                 remote_port: str) -> None:
         self.sock = sock
-        self.engine = engine
-        self.parser = RequestParser(engine.limits)
+        self.owner = owner
+        self.http = HTTPConnection(limits)
         self.out: list[bytes] = []
         self.out_size = 0
-        self.current: Any = None  # the exchange being answered, if any
-        self.closing = False      # close once everything queued is written
+        self.current: Exchange | None = None  # the request being answered, if any
         self.closed = False
         self.want_write = False
         self.last_active = time.monotonic()
         self.request_started = 0.0  # when the first byte of the request being read arrived
         self.remote_addr = remote_addr
         self.remote_port = remote_port
-        self.error: HTTPError | None = None
         self.file: tuple[int, int, int] | None = None  # (fd, offset, count) for os.sendfile
         self.lingering = 0.0  # when a lingering close gives up; 0: not lingering
 
     @property
     def idle(self) -> bool:
         """Nothing in progress: no response, no unsent bytes, no partial request."""
-        return (self.current is None and not self.out and self.file is None
-                and not self.parser.requests and not self.parser.in_progress)
+        return self.current is None and not self.out and self.file is None and self.http.idle
 
     def push(self, data: bytes) -> None:
         self.out.append(data)
@@ -75,49 +107,69 @@ class Connection:
             if not data:
                 self.close()  # the client is done sending: the close is clean now
             return  # the rest of a refused request: dropped
+        http = self.http
         if not data:
             if self.idle:
                 self.close()
-            else:  # half-closed: answer what was asked, then close
-                self.closing = True
-                self.engine.stop_reading(self)
-                self.engine.serve(self)
-            return
-        if self.error is not None or self.closing:
-            return  # bytes after a refused request or after "Connection: close" are ignored
-        parser = self.parser
-        if not parser.in_progress:
-            self.request_started = self.last_active
-        try:
-            parser.feed(data)
-        except HTTPError as exc:
-            self.error = exc
-        if parser.continue_wanted:
-            parser.continue_wanted = False
-            if parser.in_progress and self.current is None and not parser.requests:
-                self.push(CONTINUE)
-        if parser.upgraded:
-            self.closing = True
-        self.engine.serve(self)
-
-    def after_requests(self) -> None:
-        """Called by the engine when every parsed request is answered."""
-        error = self.error
-        if error is not None and not self.closing:
-            if error.status >= 500 and error.status not in (501, 505):
-                log.error("request from %s:%s failed before the app: %s", self.remote_addr,
-                          self.remote_port, error.detail, exc_info=error)
             else:
-                log.info("refused a request from %s:%s: %d %s", self.remote_addr,
-                         self.remote_port, error.status, error.detail)
-            self.push(error_response(error.status, error.reason, keep_alive=False))
-            self.closing = True
+                http.receive_data(data)
+                self.owner.stop_reading(self)
+                self.serve()
+            return
+        if not http.in_progress:
+            self.request_started = self.last_active
+        interim = http.receive_data(data)
+        if interim:
+            self.push(interim)
+        self.serve()
+
+    def serve(self) -> None:
+        """Answer the parsed requests in order, one at a time; then a refusal, if one is due."""
+        http = self.http
+        while self.current is None and not self.closed:
+            request = http.next_request()
+            if request is None:
+                break
+            self.owner.start(self, request)
+        if self.current is None:
+            refusal = http.refusal()
+            if refusal:
+                self._refused()
+                self.push(refusal)
+        self.flush()
+
+    def _refused(self) -> None:
+        error = self.http.error
+        assert error is not None
+        if error.status >= 500 and error.status not in (501, 505):
+            log.error("request from %s:%s failed before the app: %s", self.remote_addr,
+                      self.remote_port, error.detail, exc_info=error)
+        else:
+            log.info("refused a request from %s:%s: %d %s", self.remote_addr,
+                     self.remote_port, error.status, error.detail)
+
+    def crashed(self) -> None:
+        """The last line of the invariant that no client can kill a worker: an error of ours
+        that escaped this connection's handlers ends this connection only, with a 500 when no
+        response of it has started, and a traceback in the log."""
+        log.exception("internal error on the connection from %s:%s; closing it",
+                      self.remote_addr, self.remote_port)
+        if self.closed:
+            return
+        try:
+            if self.current is None and not self.out and self.file is None:
+                self.sock.send(error_response(500, "Internal Server Error", keep_alive=False))
+        except OSError:
+            pass
+        try:
+            self.close()
+        except Exception:
+            log.exception("error closing the connection from %s:%s", self.remote_addr,
+                          self.remote_port)
 
     def time_out(self) -> None:
         """The client took too long to send its request headers: 408, then close."""
-        self.parser.requests.clear()
-        self.push(error_response(408, "Request Timeout", keep_alive=False))
-        self.closing = True
+        self.push(self.http.time_out())
         self.flush()
         self.close()
 
@@ -149,9 +201,9 @@ class Connection:
             (self.current is not None and self.current.paused)
         if pending != self.want_write:
             self.want_write = pending
-            self.engine.watch_writes(self, pending)
-        if not pending and self.closing and self.current is None and not self.parser.requests:
-            if self.error is None:
+            self.owner.watch_writes(self, pending)
+        if not pending and self.current is None and self.http.done:
+            if self.http.error is None:
                 self.close()
             elif not self.lingering:
                 self._linger()
@@ -185,20 +237,23 @@ class Connection:
             offset += sent
             count -= sent
         self.file = None
-        self.engine.file_sent(self)
+        assert self.current is not None  # the exchange that started the transfer
+        self.current.file_sent()
         return True
 
     def on_writable(self) -> None:
         self.last_active = time.monotonic()
         self.flush()
-        if not self.closed and self.out_size < HIGH_WATER:
-            self.engine.resume(self)
+        if not self.closed and self.out_size < HIGH_WATER and self.current is not None:
+            self.current.resume()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self.engine.forget(self)
+        self.owner.forget(self)
+        if self.current is not None:
+            self.current.connection_lost()
         try:
             self.sock.close()
         except OSError:
@@ -214,8 +269,9 @@ class TLSConnection(Connection):
 
     __slots__ = ("handshaking",)
 
-    def __init__(self, engine: Engine, sock: ssl.SSLSocket, remote_addr: str, remote_port: str) -> None:
-        super().__init__(engine, sock, remote_addr, remote_port)
+    def __init__(self, owner: Owner, sock: ssl.SSLSocket, limits: Limits, remote_addr: str,
+                 remote_port: str) -> None:
+        super().__init__(owner, sock, limits, remote_addr, remote_port)
         self.handshaking = True
 
     def on_readable(self) -> None:
@@ -225,7 +281,8 @@ class TLSConnection(Connection):
         super().on_readable()
         sock = self.sock
         assert isinstance(sock, ssl.SSLSocket)
-        while not self.closed and not self.closing and self.error is None and sock.pending():
+        http = self.http
+        while not self.closed and not http.closing and http.error is None and sock.pending():
             super().on_readable()
 
     def on_writable(self) -> None:
@@ -257,4 +314,4 @@ class TLSConnection(Connection):
     def _want_write(self, on: bool) -> None:
         if on != self.want_write:
             self.want_write = on
-            self.engine.watch_writes(self, on)
+            self.owner.watch_writes(self, on)

@@ -16,18 +16,18 @@ import socket
 import ssl
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 from ..http.errors import ServerFault
 from ..http.parser import Limits, Request
-from ..http.wsgi import Response, WSGIApp, apply_forwarded, build_environ, error_response
-from ..listeners import ACCEPT_SKIP_ERRORS, no_delay
+from ..http.wsgi import WSGIApp, apply_forwarded, build_environ, error_response
+from ..listeners import accept_batch, no_delay
 from .access_log import STARTED, AccessLog
-from .connection import HIGH_WATER, Connection, TLSConnection
-from .in_flight import InlineExchange, ThreadedExchange, file_to_send
+from .app_call import AppHost
+from .connection import Connection, TLSConnection
+from .inline import start_inline
+from .threaded import AppPool
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -35,6 +35,7 @@ TICK = 0.5  # seconds between housekeeping passes (heartbeat, keep-alive sweep)
 ACCEPT_BATCH = 32  # connections taken per wake-up from a listener of our own (reuseport)
 NODELAY_INHERITED = sys.platform.startswith("linux")  # accepted sockets copy the listener's
 Reader = Callable[[], None]
+Start = Callable[[AppHost, Connection, Request, dict[str, Any]], None]
 
 
 class Engine:
@@ -58,21 +59,18 @@ class Engine:
         self.on_request = on_request  # +1 when a request starts, -1 when it ends
         self.on_connection = on_connection  # +1 when a connection opens, -1 when it closes
         self.tls = tls
+        self.sendfile = tls is None  # os.sendfile would bypass the encryption
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
         self.stopping = False
         self.deadline = 0.0
         self.tick_callbacks: list[Callable[[float], None]] = []
         self.idle_callbacks: list[Callable[[], None]] = []  # after every batch of events
-        self.pool: ThreadPoolExecutor | None = None
-        self.busy: set[ThreadedExchange] = set()  # on a pool thread now
-        self._wake_queue: deque[ThreadedExchange] = deque()
+        self.pool: AppPool | None = None
+        self._start: Start = start_inline
         if threads > 1:
-            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="app")
-            self._wake_r, self._wake_w = socket.socketpair()
-            self._wake_r.setblocking(False)
-            self._wake_w.setblocking(False)
-            self.add_reader(self._wake_r, self._on_wake)
+            self.pool = AppPool(threads, self.add_reader)
+            self._start = self.pool.start
 
     # -- sources ----------------------------------------------------------------------------
 
@@ -94,26 +92,21 @@ class Engine:
         """
         batch = 1 if shared else ACCEPT_BATCH
 
+        def take(sock: socket.socket, address: Any) -> bool:
+            self.add_connection(sock, peer_of(address))
+            return self.accepting
+
         def accept() -> None:
-            for _ in range(batch):
-                try:
-                    sock, address = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:
-                    if exc.errno in ACCEPT_SKIP_ERRORS:
-                        continue  # that client is gone; the next one may be fine
-                    if exc.errno == errno.EINVAL or listener.fileno() < 0:
-                        # No longer listening, or closed by _stop earlier in this batch of events.
-                        self.remove_listener(listener)
-                        return
-                    # EMFILE and friends: keep serving who we have, try again later
-                    log.warning("accept failed: %s; pausing accepts for a second", exc)
-                    self._pause_accepting()
-                    return
-                self.add_connection(sock, peer_of(address))
-                if not self.accepting:
-                    return
+            exc = accept_batch(listener.accept, take, batch)
+            if exc is None:
+                return
+            if exc.errno == errno.EINVAL or listener.fileno() < 0:
+                # No longer listening, or closed by _stop earlier in this batch of events.
+                self.remove_listener(listener)
+                return
+            # EMFILE and friends: keep serving who we have, try again later
+            log.warning("accept failed: %s; pausing accepts for a second", exc)
+            self._pause_accepting()
 
         no_delay(listener)
         self.listeners.append((listener, accept))
@@ -166,9 +159,9 @@ class Engine:
             except (ssl.SSLError, OSError):
                 sock.close()
                 return
-            conn = TLSConnection(self, tls_sock, addr, port)
+            conn = TLSConnection(self, tls_sock, self.limits, addr, port)
         else:
-            conn = Connection(self, sock, addr, port)
+            conn = Connection(self, sock, self.limits, addr, port)
         self.connections.add(conn)
         self.on_connection(1)
         self.selector.register(conn.sock, selectors.EVENT_READ, conn)
@@ -180,7 +173,7 @@ class Engine:
 
     def watch_writes(self, conn: Connection, on: bool) -> None:
         events = selectors.EVENT_WRITE if on else 0
-        if not conn.closing or conn.parser.requests:
+        if not conn.http.closing or conn.http.has_requests:
             events |= selectors.EVENT_READ
         if not events:
             events = selectors.EVENT_READ  # keep it registered to notice a reset
@@ -204,15 +197,6 @@ class Engine:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        current = conn.current
-        if isinstance(current, ThreadedExchange):
-            current.abort()
-            self._transfer(current)  # settles it now if the app is done, else when it is
-        elif isinstance(current, InlineExchange):
-            conn.current = None
-            self._close_iterable(current.app_iter)
-            current.request.body.close()
-            self.on_request(-1)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -226,238 +210,26 @@ class Engine:
             environ[STARTED] = time.perf_counter()
         return environ
 
-    def serve(self, conn: Connection) -> None:
-        """Answer the connection's parsed requests in order, one at a time."""
-        requests = conn.parser.requests
-        while conn.current is None and requests and not conn.closed:
-            request = requests.popleft()
-            if self.stopping:
-                request.keep_alive = False
-            environ = self._prepare(conn, request)
-            if environ is None:
-                break
-            self.on_request(1)
-            if self.pool is None:
-                self._start_inline(conn, request, environ)
-            else:
-                exchange = ThreadedExchange(self, conn, request, environ)
-                conn.current = exchange
-                self.busy.add(exchange)
-                self.pool.submit(exchange.run)
-        if conn.current is None and not requests:
-            conn.after_requests()
-        conn.flush()
-
-    def _prepare(self, conn: Connection, request: Request) -> dict[str, Any] | None:
-        """The request's environ, built on the loop thread whatever the thread count, so that a
-        failure here is met in one place: answered 500, logged, the connection closed after
-        what it already has. None when it failed."""
+    def start(self, conn: Connection, request: Request) -> None:
+        """Answer ``request`` with the app, inline or on the pool. Its environ is built here, on
+        the loop thread whatever the thread count, so that a failure to build it is met in one
+        place: answered 500, logged, the connection closed after what it already has."""
+        if self.stopping:
+            request.keep_alive = False
         try:
-            return self.environ_for(conn, request)
+            environ = self.environ_for(conn, request)
         except Exception as exc:
             fault = ServerFault(f"cannot prepare {request.method!r} {request.url!r}: {exc!r}")
             fault.__cause__ = exc
-            conn.error = fault
-            conn.parser.requests.clear()
+            conn.http.fail(fault)
             request.body.close()
-            return None
-
-    def _start_inline(self, conn: Connection, request: Request, environ: dict[str, Any]) -> None:
-        response = Response(conn.push, request)
-        try:
-            app_iter = self.app(environ, response.start_response)
-        except Exception:
-            self._app_failed(conn, response, environ)
-            self._finish(conn, response, request, environ)
             return
-        exchange = InlineExchange(response, app_iter, request, environ)
-        conn.current = exchange
-        try:
-            sending_file = self._start_file(conn, response, app_iter)
-        except Exception:  # the headers cannot be sent: a 500, never an error out of the loop
-            conn.current = None
-            self._app_failed(conn, response, environ)
-            self._close_iterable(app_iter)
-            self._finish(conn, response, request, environ)
-            return
-        if sending_file:
-            return
-        self._pump(conn, exchange)
-
-    def _pump(self, conn: Connection, exchange: InlineExchange) -> None:
-        response = exchange.response
-        try:
-            for chunk in exchange.iterator:
-                response.write(chunk)
-                # The app may take its time over the next chunk (an event stream, a token
-                # stream), and this thread is the one that sends: put this one on the wire
-                # first, as far as the socket takes it. What the socket cannot take piles up
-                # until the high-water mark, then production waits for on_writable. A body
-                # whose whole Content-Length is written goes out with the flush after the
-                # request (with any pipelined answers), so a hello world costs no extra send.
-                if not response.complete:
-                    conn.flush()
-                    if conn.out_size > HIGH_WATER or conn.closed:
-                        return  # resumed from on_writable
-            response.finish()
-        except Exception:
-            self._app_failed(conn, response, exchange.environ)
-        conn.current = None
-        self._close_iterable(exchange.app_iter)
-        self._finish(conn, response, exchange.request, exchange.environ)
-
-    def produce(self, exchange: ThreadedExchange, environ: dict[str, Any], response: Response) -> None:
-        """On a pool thread: call the app and feed its body to the exchange."""
-        app_iter: Iterable[bytes] = ()
-        try:
-            app_iter = self.app(environ, response.start_response)
-            response.sized_by(app_iter)
-            file = None if self.tls is not None else file_to_send(response, app_iter)
-            if file is not None:
-                exchange.file = file
-                return
-            for chunk in app_iter:
-                response.write(chunk)
-            response.finish()
-        except ConnectionAbortedError:
-            pass
-        except Exception:
-            if not exchange.aborted:
-                self._app_failed(None, response, environ, sink=exchange.push)
-        finally:
-            if exchange.file is None:
-                self._close_iterable(app_iter)
-            else:
-                exchange.environ["flask_cluster.file_iter"] = app_iter
-
-    def resume(self, conn: Connection) -> None:
-        """The client drained its buffer: produce more of the response in progress."""
-        current = conn.current
-        if isinstance(current, InlineExchange) and conn.file is None:
-            self._pump(conn, current)
-            self.serve(conn)
-        elif isinstance(current, ThreadedExchange):
-            self._transfer(current)
-
-    def _start_file(self, conn: Connection, response: Response, app_iter: Iterable[bytes]) -> bool:
-        if self.tls is not None:
-            return False  # os.sendfile would bypass the encryption
-        file = file_to_send(response, app_iter)
-        if file is None:
-            return False
-        conn.file = file
-        conn.flush()
-        return True
-
-    def file_sent(self, conn: Connection) -> None:
-        current = conn.current
-        conn.current = None
-        if isinstance(current, InlineExchange):
-            self._close_iterable(current.app_iter)
-            self._finish(conn, current.response, current.request, current.environ)
-        elif isinstance(current, ThreadedExchange):
-            self._close_iterable(current.environ.pop("flask_cluster.file_iter", ()))
-            self._finish(conn, current.response, current.request, current.environ)
-        self.serve(conn)
-
-    def _finish(self, conn: Connection, response: Response, request: Request,
-                environ: dict[str, Any]) -> None:
-        self.on_request(-1)
-        request.body.close()  # a body past the spool threshold is a temporary file: free it now
-        if not response.keep_alive or not request.keep_alive:
-            conn.closing = True
-            conn.parser.requests.clear()  # pipelined requests after a close are not answered
-        if self.access_log is not None:
-            self.access_log.write(environ, response)
-
-    def _app_failed(self, conn: Connection | None, response: Response, environ: dict[str, Any],
-                    sink: Callable[[bytes], None] | None = None) -> None:
-        log.exception("error handling %s %s", environ.get("REQUEST_METHOD"), environ.get("RAW_URI"))
-        if response.headers_sent:
-            response.keep_alive = False  # the client has part of a response: only a close is honest
-            if conn is not None:
-                conn.closing = True
-            return
-        response.status = "500 Internal Server Error"
-        response.status_code = 500
-        response.headers_sent = True
-        push = sink or (conn.push if conn is not None else None)
-        if push is not None:
-            push(error_response(500, "Internal Server Error", keep_alive=response.keep_alive))
-
-    @staticmethod
-    def _close_iterable(app_iter: Iterable[bytes]) -> None:
-        close = getattr(app_iter, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.exception("error closing the response iterable")
-
-    # -- threads ----------------------------------------------------------------------------
-
-    def wake(self, exchange: ThreadedExchange) -> None:
-        """From a pool thread: tell the loop that ``exchange`` has something."""
-        self._wake_queue.append(exchange)
-        try:
-            self._wake_w.send(b"\0")
-        except BlockingIOError:
-            pass  # the loop has wake-ups pending already
-
-    def _on_wake(self) -> None:
-        try:
-            self._wake_r.recv(4096)
-        except BlockingIOError:
-            pass
-        queue = self._wake_queue
-        while queue:
-            self._transfer(queue.popleft())
-
-    def _transfer(self, exchange: ThreadedExchange) -> None:
-        conn = exchange.conn
-        if conn.closed:
-            # The client left. Taking the chunks keeps the exchange's wake-ups coming (it is
-            # queued at most once until taken), so its end is noticed and settled here.
-            _chunks, done = exchange.take()
-            if done:
-                self._abandon(exchange)
-            return
-        if conn.current is not exchange or conn.out_size > HIGH_WATER:
-            return
-        chunks, done = exchange.take()
-        if done:
-            self.busy.discard(exchange)
-        for chunk in chunks:
-            conn.push(chunk)
-        if done and exchange.file is not None:
-            conn.file = exchange.file
-            exchange.file = None
-            conn.flush()
-            return
-        if done:
-            conn.current = None
-            self._finish(conn, exchange.response, exchange.request, exchange.environ)
-            self.serve(conn)
-        else:
-            conn.flush()
-
-    def _abandon(self, exchange: ThreadedExchange) -> None:
-        """A threaded request whose client left: close what it opened, count its end once."""
-        if exchange.settled:
-            return
-        exchange.settled = True
-        self.busy.discard(exchange)
-        if exchange.file is not None or "flask_cluster.file_iter" in exchange.environ:
-            self._close_iterable(exchange.environ.pop("flask_cluster.file_iter", ()))
-        exchange.request.body.close()  # the app is done with it
-        self.on_request(-1)
+        self.on_request(1)
+        self._start(self, conn, request, environ)
 
     def oldest_busy(self) -> float | None:
-        """Since when the longest-silent app call on a pool thread has produced no output (a
-        stream that keeps yielding is not stuck, and time spent waiting for a slow client to
-        read does not count); None when no thread is busy."""
-        starts = [exchange.started for exchange in self.busy if not exchange.waiting]
-        return min(starts, default=None)
+        """See :meth:`AppPool.oldest_busy`; None without a pool."""
+        return self.pool.oldest_busy() if self.pool is not None else None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -485,30 +257,11 @@ class Engine:
                     if mask & selectors.EVENT_WRITE and not target.closed:
                         target.on_writable()
                 except Exception:
-                    self._connection_failed(target)
+                    target.crashed()
             else:
                 target()
         for callback in self.idle_callbacks:
             callback()
-
-    def _connection_failed(self, conn: Connection) -> None:
-        """The last line of the invariant that no client can kill a worker: an error of ours
-        that escaped a connection's handlers ends that connection only, with a 500 when no
-        response of it has started, and a traceback in the log."""
-        log.exception("internal error on the connection from %s:%s; closing it",
-                      conn.remote_addr, conn.remote_port)
-        if conn.closed:
-            return
-        try:
-            if conn.current is None and not conn.out and conn.file is None:
-                conn.sock.send(error_response(500, "Internal Server Error", keep_alive=False))
-        except OSError:
-            pass
-        try:
-            conn.close()
-        except Exception:
-            log.exception("error closing the connection from %s:%s", conn.remote_addr,
-                          conn.remote_port)
 
     def _housekeeping(self, now: float) -> None:
         for callback in self.tick_callbacks:
@@ -522,9 +275,9 @@ class Engine:
                 continue
             if conn.current is not None or conn.out:
                 continue  # the server's turn: the app or the client's reading holds it
-            parser = conn.parser
-            if parser.in_progress:
-                if not parser.headers_complete and conn.request_started < stalled_since:
+            http = conn.http
+            if http.in_progress:
+                if not http.headers_complete and conn.request_started < stalled_since:
                     conn.time_out()  # slowloris: headers trickling for too long
                 elif conn.last_active < stalled_since:
                     conn.close()  # a body that stopped arriving
@@ -550,13 +303,13 @@ class Engine:
         for conn in list(self.connections):
             if conn.idle and conn.request_started:
                 conn.close()  # between two keep-alive requests
-            elif conn.current is None and not conn.parser.requests and not conn.out:
+            elif conn.current is None and not conn.http.has_requests and not conn.out:
                 # A request still arriving: let it come (closing now would drop its bytes and
                 # leave the client waiting until the deadline); serve() answers it with
                 # "Connection: close" as we are stopping.
                 continue
             elif not conn.idle:
-                conn.closing = True
+                conn.http.closing = True
             # A connection that has not sent its first request yet was accepted on our behalf
             # (its request may be on the wire): it keeps the keep-alive timeout to send it, and
             # is answered with "Connection: close".
@@ -567,9 +320,7 @@ class Engine:
         if self.access_log is not None:
             self.access_log.close()
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self._wake_r.close()
-            self._wake_w.close()
+            self.pool.close()
         self.selector.close()
 
 

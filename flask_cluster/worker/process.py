@@ -12,7 +12,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import sys
 import traceback
 from typing import Any
@@ -36,6 +35,7 @@ from ..scoreboard import (
     now_ms,
 )
 from ..tls import server_context
+from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .engine import Engine
 from .messenger import WorkerMessenger
@@ -63,7 +63,7 @@ class Worker:
         self.master_pid = spec.master_pid
         self.engine: Engine | None = None
         self.channel = ipc.MessageChannel(spec.sockets.messages)
-        self._signal_r: socket.socket | None = None
+        self._signals: Wakeup | None = None
         self._retiring = False
         self._stopping = False
         self._stuck_logged = False
@@ -159,8 +159,8 @@ class Worker:
         elif sockets.reuseport is not None:
             sockets.listener = reuseport_listener(*sockets.reuseport)
             engine.accept_from(sockets.listener)
-        assert self._signal_r is not None
-        engine.add_reader(self._signal_r, self._on_signal)
+        assert self._signals is not None
+        engine.add_reader(self._signals.reader, self._on_signal)
         return engine
 
     def _receive_connections(self) -> None:
@@ -239,16 +239,13 @@ class Worker:
     def _install_signals(self) -> None:
         """TERM: graceful exit; QUIT: exit now. INT is the master's to act on (a Ctrl-C
         reaches the whole process group); HUP, TTIN and TTOU are the master's too."""
-        self._signal_r, signal_w = socket.socketpair()
-        self._signal_r.setblocking(False)
-        signal_w.setblocking(False)
-        self._signal_w = signal_w
+        self._signals = Wakeup()
         for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._record_signal)
         signal.signal(signal.SIGQUIT, self._record_signal)
-        signal.set_wakeup_fd(signal_w.fileno(), warn_on_full_buffer=False)
+        self._signals.for_signals()
 
     def _record_signal(self, signum: int, _frame: Any) -> None:
         if self.engine is None:  # still booting: nothing in flight, just go
@@ -259,12 +256,8 @@ class Worker:
             stop_listening(self.sockets.listener)
 
     def _on_signal(self) -> None:
-        assert self._signal_r is not None
-        try:
-            data = self._signal_r.recv(64)
-        except BlockingIOError:
-            return
-        for signum in data:
+        assert self._signals is not None
+        for signum in self._signals.drain():
             if signum == signal.SIGQUIT:
                 os._exit(EXIT_OK)
             if signum == signal.SIGTERM:
