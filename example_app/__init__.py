@@ -74,6 +74,6 @@ def create_app() -> Flask:
         try:
             return jsonify(workers=cluster.gather("stats", timeout=1.0))
         except GatherIncomplete as exc:
-            return jsonify(workers=list(exc.replies.values()), missing=exc.missing), 206
+            return jsonify(workers=list(exc.replies.values()), missing=exc.missing), 503
 
     return app

@@ -39,6 +39,21 @@ class WorkerCount(click.ParamType):  # type: ignore[type-arg]  # generic only in
         return count
 
 
+class Port(click.IntRange):
+    """A TCP port, 0-65535; one message whether the value is no number or out of range."""
+
+    name = "port"
+
+    def __init__(self) -> None:
+        super().__init__(0, 65535)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"port must be 0-65535, not {value!r}", param, ctx)
+
+
 def setting(default: Any, help: str, *, type: Any = None, flag: str | None = None,
             cli_default: Any = None) -> Any:
     """A :class:`Config` field with what the command line needs to offer it.
@@ -58,7 +73,7 @@ class Config:
 
     host: str = setting("127.0.0.1", "TCP address to listen on.")
     port: int = setting(5000, "TCP port to listen on (0 picks a free one).",
-                        type=click.IntRange(0, 65535))
+                        type=Port())
     uds: str | None = setting(None, "Listen on this Unix socket path instead of TCP.",
                               type=click.Path(dir_okay=False))
     workers: int | None = setting(None, "Worker processes: 'auto' (CPUs this process may use) or N.",
