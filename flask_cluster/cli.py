@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 from flask.cli import ScriptInfo, pass_script_info
 
-from .config import Config, click_options, option_name
+from .config import Config, Port, click_options, option_name
 from .listeners import ListenError
 from .logs import configure as configure_logging
 from .master.control import ControlError, control_path, request
@@ -92,7 +92,7 @@ STATUS_COLUMNS = ("worker_id", "pid", "state", "uptime", "requests", "in_flight"
               help="The --pid file given to cluster-run.")
 @click.option("--uds", envvar="FLASK_CLUSTER_RUN_UDS", help="The --uds given to cluster-run.")
 @click.option("--host", envvar="FLASK_CLUSTER_RUN_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="FLASK_CLUSTER_RUN_PORT", default=5000, type=int, show_default=True)
+@click.option("--port", envvar="FLASK_CLUSTER_RUN_PORT", default=5000, type=Port(), show_default=True)
 @pass_script_info
 @click.pass_context
 def cluster_ctl(ctx: click.Context, info: ScriptInfo, /, control_socket: str | None,
