@@ -89,6 +89,7 @@ KNOWN_METHODS = _known_methods()
 TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 MAX_METHOD = 32  # bytes; a longer method gets 501 (as nginx does)
 END_OF_HEAD = b"\r\n\r\n"  # llhttp takes no bare LF, so this ends every head
+CRLF = b"\r\n"
 
 # Where the parser is in the byte stream. llhttp reads the head and Content-Length bodies; we
 # find where each head and body ends ourselves, so every request starts at a known byte: there
@@ -141,6 +142,11 @@ class RequestParser:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        # Read for every request, so kept at hand rather than looked up through ``limits``.
+        self._max_field = limits.max_field + 4
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._max_head = limits.max_url + limits.max_header_bytes + 1024
         self.requests: deque[Request] = deque()
         self.upgraded = False
         self.in_progress = False  # bytes of an unfinished request have arrived
@@ -156,7 +162,8 @@ class RequestParser:
         self._chunked: ChunkedBody | None = None
         self._url = b""
         self._version = ""
-        self._target = split_target(b"GET", b"/")
+        self._path = self._query = b""
+        self._authority: bytes | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: RequestBody | None = None
@@ -168,7 +175,18 @@ class RequestParser:
         """Parse ``data``; raises :class:`HTTPError` for a request that must be refused (and
         :class:`ServerFault` for our own failure while reading it, such as a full disk)."""
         try:
-            self._feed(data)
+            while data:
+                state = self._state
+                if state <= _METHOD:  # a request starts (the common case) or its method goes on
+                    data = self._feed_start(data)
+                elif state == _HEAD:
+                    data = self._feed_head(data)
+                elif state == _BODY:
+                    data = self._feed_body(data)
+                elif state == _CHUNKED:
+                    data = self._feed_chunked(data)
+                else:
+                    data = self._feed_upgraded(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HTTPError):
@@ -185,38 +203,36 @@ class RequestParser:
         except OSError as exc:  # spooling a body: the disk is ours, not the client's problem
             raise ServerFault(f"cannot store the request body: {exc}") from exc
 
-    def _feed(self, data: bytes) -> None:
-        while data:
-            state = self._state
-            if state == _HEAD:
-                data = self._feed_head(data)
-            elif state == _BODY:
-                part, data = data[:self._body_left], data[self._body_left:]
-                self._body_left -= len(part)
-                self._to_llhttp(part, data)
-            elif state == _CHUNKED:
-                assert self._chunked is not None
-                data = self._chunked.feed(data)
-                if self._chunked.done:
-                    self._complete()
-            elif state == _UPGRADED:
-                if self._ignored_upgrade is not None:
-                    self._ignored_upgrade.feed(data)
-                return
-            else:
-                data = self._feed_method(data)
+    def _feed_body(self, data: bytes) -> bytes:
+        part, rest = data[:self._body_left], data[self._body_left:]
+        self._body_left -= len(part)
+        self._to_llhttp(part, rest)
+        return rest
 
-    def _feed_method(self, data: bytes) -> bytes:
-        """At the start of a request: hold bytes until the method is whole, then start llhttp on
-        the request line, with ``GET`` standing in for a method llhttp does not know."""
+    def _feed_chunked(self, data: bytes) -> bytes:
+        assert self._chunked is not None
+        rest = self._chunked.feed(data)
+        if self._chunked.done:
+            self._complete()
+        return rest
+
+    def _feed_upgraded(self, data: bytes) -> bytes:
+        if self._ignored_upgrade is not None:
+            self._ignored_upgrade.feed(data)
+        return b""  # after an upgrade, nothing is HTTP any more
+
+    def _feed_start(self, data: bytes) -> bytes:
+        """At the start of a request: hold bytes until the method is whole, then give llhttp the
+        head, with ``GET`` standing in for a method llhttp does not know."""
         if self._state == _BETWEEN:
-            data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request line
-            if not data:
-                return b""
+            if data[0] in CRLF:
+                data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request line
+                if not data:
+                    return b""
             self._state = _METHOD
             self.in_progress = True
             self.headers_complete = False
-        line = self._line + data
+        line = self._line + data if self._line else data
         space = line.find(b" ", 0, MAX_METHOD + 1)
         if space < 0:
             self._refuse_method(line[:MAX_METHOD])  # at once: a TLS hello never has a space
@@ -232,7 +248,7 @@ class RequestParser:
         self._state = _HEAD
         self._tail = b""
         self._head_fed = 0
-        return line
+        return self._feed_head(line)
 
     @staticmethod
     def _refuse_method(method: bytes) -> None:
@@ -241,18 +257,25 @@ class RequestParser:
 
     def _feed_head(self, data: bytes) -> bytes:
         """Give llhttp the head up to its empty line; return what follows it."""
-        held = self._tail + data
+        tail = self._tail
+        held = tail + data if tail else data
         end = held.find(END_OF_HEAD)
         if end < 0:
             self._head_fed += len(data)
             # llhttp buffers a header line until it ends before on_header sees it, so an endless
             # line would grow without bound (and in quadratic time): count what went in.
-            if self._head_fed > self.limits.max_url + self.limits.max_header_bytes + 1024:
+            if self._head_fed > self._max_head:
                 raise HeadersTooLarge(f"request head larger than {self.limits.max_header_bytes} bytes")
             self._tail = held[-3:]
             self._to_llhttp(data, b"")
             return b""
-        cut = end + len(END_OF_HEAD) - len(self._tail)
+        cut = end + len(END_OF_HEAD) - len(tail)
+        if cut == len(data):  # the common case: the feed ends with the head
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                self._upgrade(data[exc.args[0]:])
+            return b""
         head, rest = data[:cut], data[cut:]
         self._to_llhttp(head, rest)
         return b"" if self._state == _UPGRADED else rest
@@ -292,14 +315,13 @@ class RequestParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + 4
-        limits = self.limits
-        if size > limits.max_field + 4:
-            raise HeadersTooLarge(f"a header field is larger than {limits.max_field} bytes")
+        if size > self._max_field:
+            raise HeadersTooLarge(f"a header field is larger than {self.limits.max_field} bytes")
         self._header_bytes += size
-        if self._header_bytes > limits.max_header_bytes:
-            raise HeadersTooLarge(f"headers larger than {limits.max_header_bytes} bytes")
-        if len(self._headers) >= limits.max_headers:
-            raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
+        if self._header_bytes > self._max_header_bytes:
+            raise HeadersTooLarge(f"headers larger than {self.limits.max_header_bytes} bytes")
+        if len(self._headers) >= self._max_headers:
+            raise HeadersTooLarge(f"more than {self.limits.max_headers} header fields")
         # llhttp drops the whitespace before a field value but keeps what follows it, which
         # RFC 9112 5.1 says is not part of the value.
         self._headers.append((name, value.rstrip(b" \t")))
@@ -312,7 +334,12 @@ class RequestParser:
             if self._method == b"PRI":
                 raise BadRequest("an HTTP/2 connection preface: this server speaks HTTP/1.1")
             raise VersionNotSupported(f"HTTP/{version} is not HTTP/1.x")
-        self._target = split_target(self._method, self._url)
+        url = self._url
+        if url[:1] == b"/" and self._method != b"CONNECT":  # origin form: the common case
+            self._path, _, self._query = url.partition(b"?")
+            self._authority = None
+        else:
+            self._path, self._query, self._authority = split_target(self._method, url)
         self._keep_alive = parser.should_keep_alive()
         hosts = 0
         expect: bytes | None = None
@@ -372,10 +399,9 @@ class RequestParser:
 
     def _complete(self) -> None:
         body = self._body.finish() if self._body is not None else io.BytesIO()
-        target = self._target
         self.requests.append(Request(
             self._method, self._url, self._version, self._headers, body, self._keep_alive,
-            self._expect_continue, target.path, target.query, target.authority,
+            self._expect_continue, self._path, self._query, self._authority,
         ))
         self.in_progress = False
         self._body = None

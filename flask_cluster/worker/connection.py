@@ -131,7 +131,7 @@ class Connection:
             if request is None:
                 break
             self.owner.start(self, request)
-        if self.current is None:
+        if self.current is None and http.error is not None:
             refusal = http.refusal()
             if refusal:
                 self._refused()
