@@ -229,25 +229,33 @@ class RequestParser:
                 data = data.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request line
                 if not data:
                     return b""
-            self._state = _METHOD
             self.in_progress = True
             self.headers_complete = False
-        line = self._line + data if self._line else data
+        if self._line:
+            line = self._line + data
+            self._line = b""
+        else:
+            line = data
         space = line.find(b" ", 0, MAX_METHOD + 1)
         if space < 0:
             self._refuse_method(line[:MAX_METHOD])  # at once: a TLS hello never has a space
             if len(line) > MAX_METHOD:
                 raise NotImplementedMethod(f"method longer than {MAX_METHOD} bytes")
             self._line = line
+            self._state = _METHOD
             return b""
-        self._line = b""
         method = self._method = line[:space]
         if method not in KNOWN_METHODS:
             self._refuse_method(method)
             line = b"GET" + line[space:]
-        self._state = _HEAD
-        self._tail = b""
-        self._head_fed = 0
+        self._state = _HEAD  # _tail and _head_fed are empty: _feed_head leaves them so
+        if line.endswith(END_OF_HEAD) and line.find(END_OF_HEAD) == len(line) - 4:
+            # The common case, one call fewer per request: the read is exactly one head.
+            try:
+                self._parser.feed_data(line)
+            except httptools.HttpParserUpgrade as exc:
+                self._upgrade(line[exc.args[0]:])
+            return b""
         return self._feed_head(line)
 
     @staticmethod
@@ -269,6 +277,9 @@ class RequestParser:
             self._tail = held[-3:]
             self._to_llhttp(data, b"")
             return b""
+        if tail:
+            self._tail = b""
+        self._head_fed = 0
         cut = end + len(END_OF_HEAD) - len(tail)
         if cut == len(data):  # the common case: the feed ends with the head
             try:
@@ -330,7 +341,7 @@ class RequestParser:
         self.headers_complete = True
         parser = self._parser
         version = self._version = parser.get_http_version()
-        if version[:1] != "1":  # llhttp takes HTTP/2.0, and 0.9 for a line without a version
+        if version != "1.1" and version != "1.0":  # llhttp takes 2.0, and 0.9 for no version
             if self._method == b"PRI":
                 raise BadRequest("an HTTP/2 connection preface: this server speaks HTTP/1.1")
             raise VersionNotSupported(f"HTTP/{version} is not HTTP/1.x")
