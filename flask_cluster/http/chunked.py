@@ -14,12 +14,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from .errors import BadRequest, HeadersTooLarge
+from .methods import TOKEN_CHARS
 
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 _HEX = b"0123456789abcdefABCDEF"
 _CONTROL = bytes(range(0x20)).replace(b"\t", b"") + b"\x7f"
-_TOKEN = (b"!#$%&'*+-.^_`|~0123456789"
-          b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 MAX_SIZE_DIGITS = 16  # 64 bits: a longer size is an overflow attempt
 MAX_LINE = 4096  # a chunk-size line, extensions included
 
@@ -92,7 +91,7 @@ class ChunkedBody:
             if self.trailer_bytes > self.max_trailer:
                 raise HeadersTooLarge(f"trailer section larger than {self.max_trailer} bytes")
             name, colon, _value = text.partition(b":")
-            if not colon or not name or name.translate(None, _TOKEN):
+            if not colon or not name or name.translate(None, TOKEN_CHARS):
                 raise BadRequest("malformed trailer field")
             if name.lower() in (b"content-length", b"transfer-encoding"):
                 raise BadRequest("framing field in the trailer section (RFC 9110 6.5.1)")

@@ -27,6 +27,7 @@ from .errors import (
     URITooLong,
     VersionNotSupported,
 )
+from .methods import KNOWN_METHODS, MAX_METHOD, check_token
 from .target import split_target
 
 
@@ -64,30 +65,6 @@ class Request:
         self.authority = authority
 
 
-def _known_methods() -> frozenset[bytes]:
-    """The methods llhttp parses itself; it refuses any other token, which RFC 9110 9.1 allows
-    (``PURGE``, ``-BLARGH``): those are fed to it as ``GET`` and reported as sent."""
-    class Quiet:
-        pass
-
-    known = set()
-    for method in (b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND "
-                   b"PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT "
-                   b"MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK "
-                   b"SOURCE QUERY").split():
-        try:
-            httptools.HttpRequestParser(Quiet()).feed_data(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
-        except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError:
-            continue
-        known.add(method)
-    return frozenset(known)
-
-
-KNOWN_METHODS = _known_methods()
-TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-MAX_METHOD = 32  # bytes; a longer method gets 501 (as nginx does)
 END_OF_HEAD = b"\r\n\r\n"  # llhttp takes no bare LF, so this ends every head
 CRLF = b"\r\n"
 
@@ -238,7 +215,7 @@ class RequestParser:
             line = data
         space = line.find(b" ", 0, MAX_METHOD + 1)
         if space < 0:
-            self._refuse_method(line[:MAX_METHOD])  # at once: a TLS hello never has a space
+            check_token(line[:MAX_METHOD])  # at once: a TLS hello never has a space
             if len(line) > MAX_METHOD:
                 raise NotImplementedMethod(f"method longer than {MAX_METHOD} bytes")
             self._line = line
@@ -246,7 +223,7 @@ class RequestParser:
             return b""
         method = self._method = line[:space]
         if method not in KNOWN_METHODS:
-            self._refuse_method(method)
+            check_token(method)
             line = b"GET" + line[space:]
         self._state = _HEAD  # _tail and _head_fed are empty: _feed_head leaves them so
         if line.endswith(END_OF_HEAD) and line.find(END_OF_HEAD) == len(line) - 4:
@@ -257,11 +234,6 @@ class RequestParser:
                 self._upgrade(line[exc.args[0]:])
             return b""
         return self._feed_head(line)
-
-    @staticmethod
-    def _refuse_method(method: bytes) -> None:
-        if not method or not TOKEN.issuperset(method):
-            raise BadRequest("the method is not a token (RFC 9110 9.1)")
 
     def _feed_head(self, data: bytes) -> bytes:
         """Give llhttp the head up to its empty line; return what follows it."""
