@@ -96,6 +96,9 @@ class HTTPConnection:
         self.error = fault
         self.responding = False
         self.parser.requests.clear()
+        # The refusal is this connection's last response, even when it was to close after the
+        # request anyway (a stopping worker marks its busy connections so).
+        self.closing = False
 
     def refusal(self) -> bytes:
         """Once every request before a refused one is answered: the error response, after which

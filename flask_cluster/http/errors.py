@@ -58,6 +58,14 @@ class VersionNotSupported(HTTPError):
     reason = "HTTP Version Not Supported"
 
 
+class ShuttingDown(HTTPError):
+    """A request that would start after the worker's ``--graceful-timeout`` ran out: the master's
+    SIGKILL would cut it off with nothing sent, so it is refused whole and may be retried."""
+
+    status = 503
+    reason = "Service Unavailable"
+
+
 class ServerFault(HTTPError):
     """Not the client's doing: an error of ours (a full disk while spooling, a bug) met while
     reading the request. Logged with its traceback."""

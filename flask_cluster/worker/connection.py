@@ -141,7 +141,7 @@ class Connection:
     def _refused(self) -> None:
         error = self.http.error
         assert error is not None
-        if error.status >= 500 and error.status not in (501, 505):
+        if error.status >= 500 and error.status not in (501, 503, 505):
             log.error("request from %s:%s failed before the app: %s", self.remote_addr,
                       self.remote_port, error.detail, exc_info=error)
         else:

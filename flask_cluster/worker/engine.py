@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..http.errors import ServerFault
+from ..http.errors import ServerFault, ShuttingDown
 from ..http.parser import Limits, Request
 from ..http.wsgi import WSGIApp, apply_forwarded, build_environ, error_response
 from ..listeners import accept_batch, no_delay
@@ -64,6 +64,11 @@ class Engine:
         self.connections: set[Connection] = set()
         self.stopping = False
         self.deadline = 0.0
+        # Set by the worker's SIGTERM handler (recording only): with --threads 1 a long view
+        # holds the loop, and the requests read meanwhile would start before the loop sees the
+        # signal. start() looks here first, and the grace counts from the signal.
+        self.stop_asked_at = 0.0
+        self.on_stop_asked: Callable[[], None] = lambda: None
         self.tick_callbacks: list[Callable[[float], None]] = []
         self.idle_callbacks: list[Callable[[], None]] = []  # after every batch of events
         self.pool: AppPool | None = None
@@ -214,8 +219,14 @@ class Engine:
         """Answer ``request`` with the app, inline or on the pool. Its environ is built here, on
         the loop thread whatever the thread count, so that a failure to build it is met in one
         place: answered 500, logged, the connection closed after what it already has."""
+        if self.stop_asked_at and not self.stopping:
+            self.on_stop_asked()  # as the loop would on the signal's wake-up
         if self.stopping:
             request.keep_alive = False
+            if time.monotonic() >= self.deadline:
+                conn.http.fail(ShuttingDown("the worker's --graceful-timeout ran out"))
+                request.body.close()
+                return
         try:
             environ = self.environ_for(conn, request)
         except Exception as exc:
@@ -296,7 +307,7 @@ class Engine:
         if self.stopping:
             return
         self.stopping = True
-        self.deadline = time.monotonic() + graceful_timeout
+        self.deadline = (self.stop_asked_at or time.monotonic()) + graceful_timeout
         self._close_idle()
 
     def _close_idle(self) -> None:

@@ -13,6 +13,7 @@ import random
 import resource
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -151,6 +152,7 @@ class Worker:
             trusted_proxies=parse_trusted(config.forwarded_allow_ips),
         )
         engine.tick_callbacks.append(self._heartbeat)
+        engine.on_stop_asked = lambda: self._stop(self.config.graceful_timeout)
         sockets = self.sockets
         if sockets.handoff is not None:
             engine.add_reader(sockets.handoff, self._receive_connections)
@@ -222,6 +224,8 @@ class Worker:
             return
         # Once: draining the hand-off channel below can find the master gone, which stops us.
         self._stopping = True
+        # First: what the drain below hands the engine is answered as a stopping worker does.
+        engine.begin_stop(graceful_timeout)
         sockets = self.sockets
         if sockets.handoff is not None:
             # Connections the master passed before it took us out of rotation are still ours,
@@ -232,7 +236,6 @@ class Worker:
         if sockets.listener is not None:
             engine.remove_listener(sockets.listener)
             close_quietly(sockets.listener)
-        engine.begin_stop(graceful_timeout)
 
     # -- signals ------------------------------------------------------------------------------
 
@@ -250,6 +253,8 @@ class Worker:
     def _record_signal(self, signum: int, _frame: Any) -> None:
         if self.engine is None:  # still booting: nothing in flight, just go
             os._exit(EXIT_OK)
+        if signum == signal.SIGTERM and not self.engine.stop_asked_at:
+            self.engine.stop_asked_at = time.monotonic()
         if self.sockets.reuseport is not None:
             # Our own SO_REUSEPORT socket: stop taking connections now, not when the loop gets
             # here (with --threads 1 a slow view holds the loop, and clients would queue).

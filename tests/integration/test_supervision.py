@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Reply, StartCluster, alive, group_members, wait_until
+from tests.conftest import Reply, StartCluster, alive, group_members, read_until_close, wait_until
 from tests.ops_apps.client import status
 
 
@@ -156,6 +157,27 @@ def test_graceful_stop_finishes_the_request_in_flight(start_cluster: StartCluste
     wait_until(lambda: not group_members(cluster.pgid), 10,
                message=lambda: f"no process left in the group, still {group_members(cluster.pgid)}")
     assert not any(alive(pid) for pid in workers)
+
+
+def test_requests_queued_past_the_graceful_timeout_get_503_not_a_cut(
+        start_cluster: StartCluster) -> None:
+    """--threads 1: a long request holds the loop past --graceful-timeout; the request that
+    waited behind it is refused whole (503, Connection: close), not started and then killed."""
+    cluster = start_cluster("tests.apps.basic", "--threads", "1", workers=1, graceful_timeout=1)
+    with socket.create_connection((cluster.host, cluster.port), timeout=15) as sock:
+        sock.sendall(b"GET /sleep/2 HTTP/1.1\r\nHost: t\r\n\r\n"
+                     b"GET /worker HTTP/1.1\r\nHost: t\r\n\r\n")  # pipelined behind it
+        wait_until(lambda: "sleep-start" in cluster.log(), 10, message="the slow request")
+        os.kill(cluster.master_pid, signal.SIGTERM)  # the grace (1 s) ends before the sleep (2 s)
+        data, _ = read_until_close(sock)
+
+    first, _, second = data.partition(b"HTTP/1.1 503 ")
+    assert first.startswith(b"HTTP/1.1 200 "), data[:300]
+    assert b'"slept":2.0' in first
+    assert second, f"no 503 for the queued request: {data!r}"
+    assert b"Connection: close" in second
+    assert cluster.wait_exit(15) == 0
+    assert "refused a request from 127.0.0.1" in cluster.log()
 
 
 def test_a_second_ctrl_c_stops_at_once(start_cluster: StartCluster) -> None:
