@@ -226,13 +226,6 @@ class RequestParser:
             check_token(method)
             line = b"GET" + line[space:]
         self._state = _HEAD  # _tail and _head_fed are empty: _feed_head leaves them so
-        if line.endswith(END_OF_HEAD) and line.find(END_OF_HEAD) == len(line) - 4:
-            # The common case, one call fewer per request: the read is exactly one head.
-            try:
-                self._parser.feed_data(line)
-            except httptools.HttpParserUpgrade as exc:
-                self._upgrade(line[exc.args[0]:])
-            return b""
         return self._feed_head(line)
 
     def _feed_head(self, data: bytes) -> bytes:
@@ -254,10 +247,7 @@ class RequestParser:
         self._head_fed = 0
         cut = end + len(END_OF_HEAD) - len(tail)
         if cut == len(data):  # the common case: the feed ends with the head
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                self._upgrade(data[exc.args[0]:])
+            self._to_llhttp(data, b"")
             return b""
         head, rest = data[:cut], data[cut:]
         self._to_llhttp(head, rest)
