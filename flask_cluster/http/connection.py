@@ -22,10 +22,13 @@ class HTTPConnection:
     connection alive (dropping requests pipelined after it), after a refusal, and after a request
     that switched protocols."""
 
-    __slots__ = ("parser", "error", "closing", "responding")
+    __slots__ = ("parser", "requests", "error", "closing", "responding")
 
     def __init__(self, limits: Limits) -> None:
         self.parser = RequestParser(limits)
+        # Complete requests not yet taken (the parser's queue): a socket loop tests it before
+        # calling next_request, which keeps the common "nothing more" case free of a call.
+        self.requests = self.parser.requests
         self.error: HTTPError | None = None  # why the next request was refused
         self.closing = False  # close once the requests already taken are answered
         self.responding = False  # a request was taken and its response is not done yet

@@ -152,6 +152,20 @@ class RequestParser:
         """Parse ``data``; raises :class:`HTTPError` for a request that must be refused (and
         :class:`ServerFault` for our own failure while reading it, such as a full disk)."""
         try:
+            if self._state == _BETWEEN and data.find(END_OF_HEAD) == len(data) - 4:
+                # The common case, one read holding exactly one head of a method llhttp knows:
+                # straight to llhttp, as _feed_start and _feed_head would end up doing.
+                space = data.find(b" ", 0, MAX_METHOD + 1)
+                if space > 0 and (method := data[:space]) in KNOWN_METHODS:
+                    self._method = method
+                    self.in_progress = True
+                    self.headers_complete = False
+                    self._state = _HEAD
+                    try:
+                        self._parser.feed_data(data)
+                    except httptools.HttpParserUpgrade as exc:
+                        self._upgrade(data[exc.args[0]:])
+                    return
             while data:
                 state = self._state
                 if state <= _METHOD:  # a request starts (the common case) or its method goes on
@@ -190,7 +204,7 @@ class RequestParser:
         assert self._chunked is not None
         rest = self._chunked.feed(data)
         if self._chunked.done:
-            self._complete()
+            self.on_message_complete()
         return rest
 
     def _feed_upgraded(self, data: bytes) -> bytes:
@@ -363,14 +377,12 @@ class RequestParser:
             self._body = self._new_body()
         self._body.write(body)
 
-    def on_message_complete(self) -> None:
-        if self._state != _CHUNKED:  # llhttp sees a chunked body's head only
-            self._complete()
-
     def _new_body(self) -> RequestBody:
         return RequestBody(self.limits.spool_threshold, self.limits.max_body)
 
-    def _complete(self) -> None:
+    def on_message_complete(self) -> None:
+        """From llhttp at the end of a request without a chunked body (it is never given one:
+        :class:`ChunkedBody` reads those), and from :meth:`_feed_chunked`."""
         body = self._body.finish() if self._body is not None else io.BytesIO()
         self.requests.append(Request(
             self._method, self._url, self._version, self._headers, body, self._keep_alive,

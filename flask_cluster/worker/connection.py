@@ -126,7 +126,8 @@ class Connection:
     def serve(self) -> None:
         """Answer the parsed requests in order, one at a time; then a refusal, if one is due."""
         http = self.http
-        while self.current is None and not self.closed:
+        requests = http.requests
+        while requests and self.current is None and not self.closed:
             request = http.next_request()
             if request is None:
                 break
@@ -202,7 +203,7 @@ class Connection:
         if pending != self.want_write:
             self.want_write = pending
             self.owner.watch_writes(self, pending)
-        if not pending and self.current is None and self.http.done:
+        if not pending and self.current is None and self.http.closing and self.http.done:
             if self.http.error is None:
                 self.close()
             elif not self.lingering:

@@ -71,7 +71,7 @@ class InlineExchange:
                 # until the high-water mark, then production waits for on_writable. A body
                 # whose whole Content-Length is written goes out with the flush after the
                 # request (with any pipelined answers), so a hello world costs no extra send.
-                if not response.complete:
+                if response.remaining:  # not complete (-1: no length declared)
                     conn.flush()
                     if conn.out_size > HIGH_WATER or conn.closed:
                         return  # resumed from on_writable
