@@ -220,16 +220,24 @@ class Dispatcher:
         self.retry()
         self.close_waiting()
 
-    def take_back(self, worker: Target, reclaim: socket.socket) -> None:
-        """Connections passed to ``worker``, now dead, that it never took (it was hung, killed
-        or crashed): read back from ``reclaim``, the master's copy of the worker's end of the
-        hand-off channel, and passed to another worker instead of being reset. Their clients
-        lose nothing but time; they are closed only if no worker can take them."""
+    def take_back(self, worker: Target, reclaim: socket.socket, *, alive: bool = False) -> None:
+        """Connections passed to ``worker`` that it never took: read back from ``reclaim``, the
+        master's copy of the worker's end of the hand-off channel, and passed to another
+        worker instead of being reset. Their clients lose nothing but time; they are closed
+        only if no worker can take them. For a dead worker (hung, killed or crashed), and for
+        one ``alive`` that stopped answering (its loop stuck in a request): each packet is read
+        by one side only, so what the master takes the worker never gets."""
         passed = _drain(reclaim)
-        if passed:
+        if not passed:
+            return
+        if alive:
+            worker.handed(-len(passed))  # no longer waiting for it
+            log.warning("%s is not answering: passing on the %d connection(s) waiting for it",
+                        worker, len(passed))
+        else:
             log.info("%s left %d connection(s) it never took: passing them on", worker,
                      len(passed))
-            self.came_back(worker, passed)
+        self.came_back(worker, passed)
 
     # -- connections a worker hands back -------------------------------------------------------
 

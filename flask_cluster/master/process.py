@@ -167,6 +167,10 @@ class Master:
             if handle.behind_since is not None:
                 self.channels.check_backlog(handle)
         self._perform(self.health.check(list(self.workers.values()), now))
+        if self.dispatcher is not None:
+            for handle in self.health.unresponsive(self._live):
+                if handle.untaken and handle.reclaim is not None:
+                    self.dispatcher.take_back(handle, handle.reclaim, alive=True)
         self._perform(self.roster.tick(now))
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")

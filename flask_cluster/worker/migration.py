@@ -21,10 +21,14 @@ import logging
 import os
 import selectors
 import socket
-from collections.abc import Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from .. import ipc
 from ..http.parser import Request
+from ..scoreboard import now_ms
 from .connection import Connection
 from .engine import Engine
 
@@ -164,3 +168,53 @@ class _Unread:
 
 def _peer(conn: Connection) -> bytes:
     return ipc.encode_peer((conn.remote_addr, conn.remote_port)) if conn.remote_addr else b""
+
+
+STUCK_MS = 1000  # a loop that has not beaten for this long is held by a request
+WATCH_EVERY = 0.25
+
+
+class Unserved:
+    """Connections taken off the hand-off channel and not served yet, and, with ``--threads 1``,
+    a watchdog for them. The loop serves a batch one connection after another, the app running
+    on it; if one request holds the loop (a long view, or a hang that ends with the worker
+    killed), the rest of the batch would wait with it, or die with it. The watchdog thread
+    hands them back to the master instead once the loop has not beaten for :data:`STUCK_MS`.
+    Each is popped by one side only, so none is both served here and handed back."""
+
+    def __init__(self, channel: socket.socket, heartbeat_ms: Callable[[], int]) -> None:
+        self.queue: deque[tuple[socket.socket, ipc.Peer]] = deque()
+        self.channel = channel
+        self.heartbeat_ms = heartbeat_ms
+
+    def watch(self) -> None:
+        threading.Thread(target=self._watch, name="unserved-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(WATCH_EVERY)
+            if self.queue and now_ms() - self.heartbeat_ms() > STUCK_MS:
+                self._hand_back()
+
+    def _hand_back(self) -> None:
+        taken: list[tuple[socket.socket, ipc.Peer]] = []
+        while True:
+            try:
+                taken.append(self.queue.popleft())
+            except IndexError:
+                break
+        for start in range(0, len(taken), ipc.MAX_FDS_PER_PACKET):
+            batch = taken[start:start + ipc.MAX_FDS_PER_PACKET]
+            try:
+                sent = ipc.send_connections(
+                    self.channel, [sock.fileno() for sock, _ in batch],
+                    [ipc.encode_peer(peer) if peer[0] else b"" for _, peer in batch])
+            except ipc.ChannelClosed:
+                sent = False
+            if not sent:
+                self.queue.extendleft(reversed(taken[start:]))  # served when the loop is back
+                return
+            for sock, _ in batch:
+                sock.close()
+        log.warning("a request holds the loop: handed %d waiting connection(s) back to the "
+                    "master", len(taken))

@@ -41,7 +41,7 @@ from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .engine import Engine
 from .messenger import WorkerMessenger
-from .migration import HandBack, Retirement
+from .migration import HandBack, Retirement, Unserved
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -158,6 +158,10 @@ class Worker:
         sockets = self.sockets
         if sockets.handoff is not None:
             engine.add_reader(sockets.handoff, self._receive_connections)
+            self.unserved = Unserved(sockets.handoff,
+                                     lambda: self.scoreboard.get(self.slot, HEARTBEAT_MS))
+            if config.threads == 1:  # the app on the loop: a request can hold it
+                self.unserved.watch()
         elif sockets.listener is not None:
             engine.accept_from(sockets.listener, shared=True)
         elif sockets.reuseport is not None:
@@ -181,7 +185,13 @@ class Worker:
             self._master_gone()
             return False
         self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(connections)
-        for sock, peer in connections:
+        unserved = self.unserved.queue
+        unserved.extend(connections)
+        while True:
+            try:
+                sock, peer = unserved.popleft()  # or the watchdog took it (migration.Unserved)
+            except IndexError:
+                break
             self.engine.add_connection(sock, peer)
         return len(connections) == HANDOFF_BATCH
 

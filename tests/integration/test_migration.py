@@ -11,6 +11,7 @@ Before connection migration each of these saw failed requests; now none may fail
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -139,3 +140,30 @@ def test_keep_alive_connections_survive_scaling_down_from_four_to_one(
 
     assert_nothing_failed(load)
     assert_nothing_failed(later)
+
+
+# -- a hung worker ---------------------------------------------------------------------------------
+
+
+def test_a_hung_worker_loses_only_the_request_that_hung(start_cluster: StartCluster) -> None:
+    """A hung worker cannot hand anything back, but nothing should wait for it: connections
+    passed to it and not taken go to the other worker once its loop stops answering (not at
+    its kill, --timeout later), so clients that wait less than --timeout lose nothing but the
+    request that hung. A new connection per request; client timeout 3 s, --timeout 5."""
+    cluster = start_cluster(OPS, "--timeout", "5", workers=2)
+    spin = cluster.connection(timeout=30)
+    try:
+        with Load(cluster, "/worker", new=4, keep=0, timeout=3.0, pause=0.002) as load:
+            load.wait_for_more(100)
+            spin.request("GET", "/spin")
+            match = wait_until(lambda: re.search(r"spin-start worker (\d+) pid (\d+)",
+                                                 cluster.log()), 10, message="the hang")
+            hung_id, hung_pid = int(match[1]), int(match[2])
+            replacement = cluster.wait_ready([hung_id], 30, not_pids=frozenset([hung_pid]))
+            wait_until(lambda: replacement[hung_id] in load.served_by(), 15,
+                       message="the replacement to serve")
+    finally:
+        spin.close()
+    measured("hung worker: requests / failures", (load.count(), len(load.failures)))
+
+    assert load.failures == [], load.failures[:5]
