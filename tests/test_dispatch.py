@@ -501,6 +501,31 @@ def test_connections_handed_back_wait_for_a_worker_when_none_is_ready(
             client.close()
 
 
+def test_connections_waiting_for_a_worker_that_stopped_answering_go_to_another(
+        listener: socket.socket, workers: list[Worker]) -> None:
+    """Taken back while the worker lives (its loop stuck in a request): each packet is read by
+    one side only, and what the master took no longer counts as untaken for that worker."""
+    stuck, other = workers[0], workers[1]
+    live = [stuck]
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: live, pytest.fail)
+        dispatcher.start()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+        try:
+            while stuck.untaken < 2:
+                run_once(selector, dispatcher)
+            live[:] = [stuck, other]
+            assert stuck.end is not None
+
+            dispatcher.take_back(stuck, stuck.end, alive=True)
+
+            assert len(other.receive()) == 2 and stuck.untaken == 0
+            assert stuck.receive() == []
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_dispatcher_stop_closes_what_no_worker_took(listener: socket.socket) -> None:
     with selectors.DefaultSelector() as selector:
         dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [], pytest.fail)
