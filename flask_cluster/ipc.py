@@ -5,7 +5,9 @@ Two socket pairs per worker, made before the fork:
 * the **hand-off** channel, ``AF_UNIX``/``SOCK_SEQPACKET``: the master passes accepted
   connections' file descriptors (``SCM_RIGHTS`` via :func:`socket.send_fds`), a batch per
   packet with the peers' addresses as its data. The master keeps a copy of the worker's end
-  too, so that connections a dead worker never took can be taken back and served by another;
+  too, so that connections a dead worker never took can be taken back and served by another.
+  It runs both ways: a worker hands kept-alive connections back the same way (its peers and
+  descriptors in one packet), unread, so nothing but the descriptor needs to travel;
 * the **message** channel, ``AF_UNIX``/``SOCK_STREAM`` (what :func:`multiprocessing.Pipe` is on
   POSIX, used directly so both ends can be non-blocking): frames of a 4-byte big-endian length and
   a body; what a body means is :mod:`flask_cluster.wire`'s business.
@@ -167,8 +169,14 @@ def receive_connections(channel: socket.socket, limit: int, family: socket.Addre
                         ) -> list[tuple[socket.socket, Peer]]:
     """Connections passed by the master, from up to ``limit`` packets; :class:`ChannelClosed`
     if it is gone and nothing came before that."""
+    return wrap_passed(receive_passed(channel, limit), family)
+
+
+def wrap_passed(passed: list[tuple[int, bytes]], family: socket.AddressFamily
+                ) -> list[tuple[socket.socket, Peer]]:
+    """Descriptors and peers from :func:`receive_passed` as sockets and ``(host, port)``."""
     connections: list[tuple[socket.socket, Peer]] = []
-    for fd, peer in receive_passed(channel, limit):
+    for fd, peer in passed:
         host, _, port = peer.decode("latin-1").partition(" ")
         # family and type given: socket() would otherwise ask the kernel for both
         connections.append((socket.socket(family, socket.SOCK_STREAM, 0, fd), (host, port)))

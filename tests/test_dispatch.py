@@ -4,6 +4,7 @@ loop, with workers played by socket pairs instead of processes."""
 from __future__ import annotations
 
 import errno
+import os
 import selectors
 import socket
 import time
@@ -410,6 +411,116 @@ def test_connections_a_dead_worker_never_took_go_to_another(listener: socket.soc
                 client.sendall(b"hi")
             assert sorted(passed.recv(2) for passed in taken) == [b"hi"] * 3
             assert dead.receive() == []  # nothing left behind
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_connections_a_worker_hands_back_go_to_another_unclosed(listener: socket.socket,
+                                                                 workers: list[Worker]) -> None:
+    """A retiring worker sends its kept-alive connections back on its end of the hand-off
+    channel; the master reads them on its own end and passes them to a worker that stays (never
+    the one that handed them back), and the client's connection stays open throughout."""
+    retiring, staying = workers[0], workers[1]
+    live = [retiring, staying]
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: live, pytest.fail)
+        dispatcher.watch(retiring)
+        dispatcher.watch(staying)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        served = [listener.accept()[0] for _ in clients]  # as if retiring had served them
+        try:
+            assert retiring.end is not None
+            assert ipc.send_connections(retiring.end, [sock.fileno() for sock in served],
+                                        [b"127.0.0.1 1", b"127.0.0.1 2", b"127.0.0.1 3"])
+            for sock in served:
+                sock.close()  # the worker's copies: the clients must not see a close
+
+            run_once(selector, dispatcher)
+
+            taken = staying.receive()
+            assert len(taken) == 3 and retiring.receive() == []
+            assert staying.passed == 3
+            for index, client in enumerate(clients):
+                client.sendall(b"next %d" % index)
+            assert sorted(sock.recv(16) for sock in taken) == [b"next 0", b"next 1", b"next 2"]
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_connections_handed_back_by_a_worker_that_exited_are_not_lost(
+        listener: socket.socket, workers: list[Worker]) -> None:
+    """A worker can hand back and exit before the master reads its channel: reaping it reads
+    what it sent last (``unwatch``) before the channel closes."""
+    gone, staying = workers[0], workers[1]
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [staying], pytest.fail)
+        dispatcher.watch(gone)
+        client = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        try:
+            assert gone.end is not None
+            assert ipc.send_connections(gone.end, [served.fileno()], [b""])
+            served.close()
+
+            dispatcher.unwatch(gone)
+
+            taken = staying.receive()
+            assert len(taken) == 1
+            client.sendall(b"x")
+            assert taken[0].recv(1) == b"x"
+            assert selector.get_map() is not None and gone.handoff not in {
+                key.fileobj for key in selector.get_map().values()}
+        finally:
+            client.close()
+
+
+def test_connections_handed_back_wait_for_a_worker_when_none_is_ready(
+        listener: socket.socket, workers: list[Worker]) -> None:
+    retiring, later = workers[0], workers[1]
+    live: list[Worker] = []
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: live, pytest.fail)
+        dispatcher.start()
+        client = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        try:
+            dispatcher.came_back(retiring, [(os.dup(served.fileno()), b"")])
+            served.close()
+            assert len(dispatcher.waiting) == 1 and dispatcher.paused
+
+            live.append(later)
+            dispatcher.retry()
+
+            taken = later.receive()
+            assert len(taken) == 1 and not dispatcher.waiting
+            client.sendall(b"y")
+            assert taken[0].recv(1) == b"y"
+        finally:
+            client.close()
+
+
+def test_connections_waiting_for_a_worker_that_stopped_answering_go_to_another(
+        listener: socket.socket, workers: list[Worker]) -> None:
+    """Taken back while the worker lives (its loop stuck in a request): each packet is read by
+    one side only, and what the master took no longer counts as untaken for that worker."""
+    stuck, other = workers[0], workers[1]
+    live = [stuck]
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: live, pytest.fail)
+        dispatcher.start()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+        try:
+            while stuck.untaken < 2:
+                run_once(selector, dispatcher)
+            live[:] = [stuck, other]
+            assert stuck.end is not None
+
+            dispatcher.take_back(stuck, stuck.end, alive=True)
+
+            assert len(other.receive()) == 2 and stuck.untaken == 0
+            assert stuck.receive() == []
         finally:
             for client in clients:
                 client.close()

@@ -208,6 +208,34 @@ def test_connection_passes_to_the_worker(handoff: tuple[socket.socket, socket.so
             assert client.recv(100) == b"HTTP/1.1 200 OK\r\n\r\n"
 
 
+def test_a_worker_hands_a_connection_back_the_same_way(
+        handoff: tuple[socket.socket, socket.socket]) -> None:
+    """The hand-off channel runs both ways: a worker sends a kept-alive connection back on its
+    end, the master reads it on its own, apart from what the master passed the worker, and the
+    bytes the client sent meanwhile (still in the kernel's buffer) come with it."""
+    master_end, worker_end = handoff
+    client, served = socket.socketpair()
+    with client, served:
+        assert ipc.send_connections(master_end, [served.fileno()], [b"10.0.0.9 80"])
+        [(conn, _)] = ipc.receive_connections(worker_end, 8, socket.AF_UNIX)
+        client.sendall(b"GET /next HTTP/1.1\r\n\r\n")  # not read by the worker
+        with conn:
+            assert ipc.send_connections(worker_end, [conn.fileno()], [b"10.0.0.9 80"])
+        # The worker's copy is closed: the client's connection stays open.
+
+        [(fd, peer)] = ipc.receive_passed(master_end, 8)
+        assert peer == b"10.0.0.9 80"
+        assert ipc.receive_passed(worker_end, 8) == []  # nothing turned back toward the worker
+        [(back, back_peer)] = ipc.wrap_passed([(fd, peer)], socket.AF_UNIX)
+        with back:
+            assert back_peer == ("10.0.0.9", "80")
+            back.settimeout(5)
+            assert back.recv(100) == b"GET /next HTTP/1.1\r\n\r\n"
+            back.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+            client.settimeout(5)
+            assert client.recv(100) == b"HTTP/1.1 200 OK\r\n\r\n"
+
+
 def test_one_packet_carries_several_connections_and_their_peers(
         handoff: tuple[socket.socket, socket.socket]) -> None:
     master_end, worker_end = handoff

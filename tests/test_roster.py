@@ -401,6 +401,28 @@ def test_a_renewing_worker_that_crashes_gets_no_second_successor() -> None:
     assert sim.pids() == {0: successor}
 
 
+def test_only_workers_retired_on_purpose_are_asked_to_hand_back_their_connections() -> None:
+    """A reload, a renewal and a scale down retire with hand_back (their kept-alive connections
+    go to the workers that stay); a stop and a hung worker's SIGTERM do not."""
+    sim = Sim(2)
+    old = sim.boot()
+
+    def hand_backs(actions: list[Action]) -> list[tuple[int, bool]]:
+        return [(a.pid, a.hand_back) for a in actions if isinstance(a, Signal)]
+
+    sim.do(sim.roster.reload(1.0))
+    assert hand_backs(sim.do(sim.roster.ready(sim.newest(0), 2.0))) == [(old[0], True)]
+    renewing = sim.newest(0)
+    sim.do(sim.roster.recycle(renewing, "served its --max-requests", 3.0))
+    sim.do(sim.roster.ready(sim.newest(1), 3.0))  # the reload goes on with worker 1
+    assert hand_backs(sim.do(sim.roster.ready(sim.newest(0), 4.0))) == [(renewing, True)]
+    assert hand_backs(sim.do(sim.roster.scale(1, 5.0))) == [(sim.newest(1), True)]
+    hung = sim.newest(0)
+    assert hand_backs(sim.do(sim.roster.hung(hung, 6.0))) == [(hung, False)]
+    assert all(not hand_back for _, hand_back in hand_backs(
+        sim.do(sim.roster.stop(graceful=True, now=7.0))))
+
+
 # -- stop ----------------------------------------------------------------------------------------
 
 

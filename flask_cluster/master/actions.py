@@ -14,8 +14,12 @@ class Spawn:
 
 @dataclass(frozen=True)
 class Signal:
+    """Send ``sig`` to ``pid``. ``hand_back``: a worker retired on purpose (a reload, a renewal,
+    a scale down), asked first to hand its kept-alive connections back instead of closing them."""
+
     pid: int
     sig: int
+    hand_back: bool = False
 
 
 @dataclass(frozen=True)

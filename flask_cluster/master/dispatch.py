@@ -8,6 +8,7 @@ its turn whatever the kernel's wake-up order (shared accept piles bursts onto on
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -129,6 +130,17 @@ class LeastBusy:
         return ranked
 
 
+def _drain(channel: socket.socket) -> list[tuple[int, bytes]]:
+    """Every connection readable on ``channel`` now, with its peer."""
+    passed: list[tuple[int, bytes]] = []
+    try:
+        while batch := ipc.receive_passed(channel, HAND_BACK_BATCH):
+            passed += batch
+    except ipc.ChannelClosed:
+        pass  # no end of stream while the master holds both ends: an error; nothing more
+    return passed
+
+
 def chooser(balance: str, serving_blocks: bool = False) -> RoundRobin | LeastBusy:
     return LeastBusy() if balance == "least-busy" else RoundRobin(serving_blocks)
 
@@ -157,6 +169,7 @@ ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # costs under a stream of connects. Never while a worker waits for work: at low concurrency
 # that only added latency (benchmarks/RESULTS.md). 1 ms: epoll waits in whole milliseconds.
 ACCEPT_WINDOW = 0.001
+HAND_BACK_BATCH = 64  # packets read per wake-up from a worker handing connections back
 RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try again this soon
 
 
@@ -207,23 +220,62 @@ class Dispatcher:
         self.retry()
         self.close_waiting()
 
-    def take_back(self, worker: Target, reclaim: socket.socket) -> None:
-        """Connections passed to ``worker``, now dead, that it never took (it was hung, killed
-        or crashed): read back from ``reclaim``, the master's copy of the worker's end of the
-        hand-off channel, and passed to another worker instead of being reset. Their clients
-        lose nothing but time; they are closed only if no worker can take them."""
-        passed: list[tuple[int, bytes]] = []
-        try:
-            while batch := ipc.receive_passed(reclaim, 64):
-                passed += batch
-        except ipc.ChannelClosed:
-            pass  # no end of stream while the master's end is open: an error; nothing more
+    def take_back(self, worker: Target, reclaim: socket.socket, *, alive: bool = False) -> None:
+        """Connections passed to ``worker`` that it never took: read back from ``reclaim``, the
+        master's copy of the worker's end of the hand-off channel, and passed to another
+        worker instead of being reset. Their clients lose nothing but time; they are closed
+        only if no worker can take them. For a dead worker (hung, killed or crashed), and for
+        one ``alive`` that stopped answering (its loop stuck in a request): each packet is read
+        by one side only, so what the master takes the worker never gets."""
+        passed = _drain(reclaim)
         if not passed:
             return
-        log.info("%s left %d connection(s) it never took: passing them on", worker, len(passed))
+        if alive:
+            worker.handed(-len(passed))  # no longer waiting for it
+            log.warning("%s is not answering: passing on the %d connection(s) waiting for it",
+                        worker, len(passed))
+        else:
+            log.info("%s left %d connection(s) it never took: passing them on", worker,
+                     len(passed))
+        self.came_back(worker, passed)
+
+    # -- connections a worker hands back -------------------------------------------------------
+
+    def watch(self, worker: Target) -> None:
+        """Read what ``worker`` hands back on its hand-off channel (the channel runs both ways:
+        the master's end receives what the worker sends on its own)."""
+        assert worker.handoff is not None
+        self.selector.register(worker.handoff, selectors.EVENT_READ,
+                               lambda _sock, _mask: self._receive_back(worker))
+
+    def unwatch(self, worker: Target) -> None:
+        """``worker`` exited: dispatch what it handed back last, and stop reading its channel."""
+        assert worker.handoff is not None
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(worker.handoff)
+        passed = _drain(worker.handoff)
+        if passed:
+            self.came_back(worker, passed)
+
+    def _receive_back(self, worker: Target) -> None:
+        assert worker.handoff is not None
+        try:
+            passed = ipc.receive_passed(worker.handoff, HAND_BACK_BATCH)
+        except ipc.ChannelClosed:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(worker.handoff)
+            return
+        if passed:
+            self.came_back(worker, passed)
+
+    def came_back(self, worker: Target, passed: list[tuple[int, bytes]]) -> None:
+        """The one path for connections that come back from ``worker`` (it retires and hands
+        back its kept-alive connections, or died leaving some untaken): each goes to another
+        ready worker as if just accepted; its client sees no close. While the cluster stops,
+        only what a worker can still take is passed on; the rest is closed."""
         items = [Accepted(fd, peer) for fd, peer in passed]
         if not self.stopped:
-            self._dispatch(items, self.live())
+            self._dispatch(items, [target for target in self.live() if target is not worker])
             return
         self.waiting.extend(items)
         self.retry()

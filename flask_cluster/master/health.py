@@ -53,3 +53,10 @@ class Health:
         responsive = [handle for handle in live
                       if self.scoreboard.get(handle.slot, HEARTBEAT_MS) >= fresh_after]
         return responsive or live
+
+    def unresponsive(self, live: list[WorkerHandle]) -> list[WorkerHandle]:
+        """Ready workers whose loop has not answered lately while another's has: what waits
+        for them is better served elsewhere (a hung worker's, from its first second and not
+        from its kill at --timeout)."""
+        responsive = self.responsive_first(live)
+        return [handle for handle in live if handle not in responsive]

@@ -24,7 +24,7 @@ from ..config import Config
 from ..contract import RunWorker
 from ..listeners import close_quietly, stop_listening
 from ..proctitle import set_title
-from ..scoreboard import HEARTBEAT_MS, Scoreboard, now_ms
+from ..scoreboard import HAND_BACK, HEARTBEAT_MS, Scoreboard, now_ms
 from ..tls import server_context
 from .actions import Abandon, Action, Exit, Kill, Log, Signal, Spawn, StopAccepting
 from .channels import WorkerChannels
@@ -167,6 +167,10 @@ class Master:
             if handle.behind_since is not None:
                 self.channels.check_backlog(handle)
         self._perform(self.health.check(list(self.workers.values()), now))
+        if self.dispatcher is not None:
+            for handle in self.health.unresponsive(self._live):
+                if handle.untaken and handle.reclaim is not None:
+                    self.dispatcher.take_back(handle, handle.reclaim, alive=True)
         self._perform(self.roster.tick(now))
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
@@ -187,6 +191,8 @@ class Master:
             if isinstance(action, Spawn):
                 self._spawn(action.worker_id)
             elif isinstance(action, Signal):
+                if action.hand_back:
+                    self._ask_hand_back(action.pid)
                 self._signal(action.pid, action.sig)
             elif isinstance(action, Kill):
                 self._signal(action.pid, signal.SIGKILL)
@@ -204,6 +210,13 @@ class Master:
                     stop_listening(self.endpoints.listener)
             elif isinstance(action, Exit):
                 self.exit = action
+
+    def _ask_hand_back(self, pid: int) -> None:
+        """Before its SIGTERM: the worker hands its kept-alive connections back (to
+        ``Dispatcher.came_back``) rather than close them. Only where the master hands off."""
+        handle = self.workers.get(pid)
+        if handle is not None and self.dispatcher is not None:
+            self.scoreboard.set(handle.slot, HAND_BACK, 1)
 
     def _signal(self, pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -224,6 +237,8 @@ class Master:
         self.workers[handle.pid] = handle
         self.roster.add(worker_id, handle.pid, time.monotonic())
         self.channels.watch(handle)
+        if self.dispatcher is not None:
+            self.dispatcher.watch(handle)
 
     @property
     def _live(self) -> list[WorkerHandle]:
@@ -273,6 +288,8 @@ class Master:
                 self._boot_failed(handle, message)
         self.channels.unwatch(handle)
         handle.channel.close()
+        if self.dispatcher is not None:
+            self.dispatcher.unwatch(handle)  # what it handed back just before it exited
         if handle.reclaim is not None:
             if self.dispatcher is not None:
                 self.dispatcher.take_back(handle, handle.reclaim)

@@ -349,10 +349,11 @@ class Roster:
                                           for m in members)
 
     def _retire(self, member: Member, now: float) -> list[Action]:
-        """Take ``member`` out of rotation, then ask it to finish gracefully."""
+        """Take ``member`` out of rotation, then ask it to finish gracefully, handing its
+        kept-alive connections to the workers that stay."""
         member.state = State.RETIRING
         member.kill_at = now + self.graceful_timeout + KILL_GRACE
-        return [Signal(member.pid, signal.SIGTERM)]
+        return [Signal(member.pid, signal.SIGTERM, hand_back=True)]
 
     def _boot_failed_while_serving(self, member: Member, failure: str,
                                    now: float) -> list[Action]:

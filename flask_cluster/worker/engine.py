@@ -71,6 +71,9 @@ class Engine:
         self.on_stop_asked: Callable[[], None] = lambda: None
         self.tick_callbacks: list[Callable[[float], None]] = []
         self.idle_callbacks: list[Callable[[], None]] = []  # after every batch of events
+        # Busy connections that go back to the master once their response is done
+        # (migration.py): never closed here for stopping.
+        self.moving: set[Connection] = set()
         self.pool: AppPool | None = None
         self._start: Start = start_inline
         if threads > 1:
@@ -222,7 +225,8 @@ class Engine:
         if self.stop_asked_at and not self.stopping:
             self.on_stop_asked()  # as the loop would on the signal's wake-up
         if self.stopping:
-            request.keep_alive = False
+            if conn not in self.moving:  # else handed back once answered (migration.py)
+                request.keep_alive = False
             if time.monotonic() >= self.deadline:
                 conn.http.fail(ShuttingDown("the worker's --graceful-timeout ran out"))
                 request.body.close()
@@ -311,7 +315,7 @@ class Engine:
         self._close_idle()
 
     def _close_idle(self) -> None:
-        for conn in list(self.connections):
+        for conn in list(self.connections - self.moving if self.moving else self.connections):
             if conn.idle and conn.request_started:
                 conn.close()  # between two keep-alive requests
             elif conn.current is None and not conn.http.has_requests and not conn.out:

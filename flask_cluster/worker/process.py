@@ -28,6 +28,7 @@ from ..listeners import close_quietly, reuseport_listener, stop_listening
 from ..proctitle import set_title
 from ..scoreboard import (
     CONNECTIONS,
+    HAND_BACK,
     HEARTBEAT_MS,
     IN_FLIGHT,
     RECEIVED,
@@ -40,6 +41,7 @@ from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .engine import Engine
 from .messenger import WorkerMessenger
+from .migration import HandBack, Retirement, Unserved
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -156,6 +158,10 @@ class Worker:
         sockets = self.sockets
         if sockets.handoff is not None:
             engine.add_reader(sockets.handoff, self._receive_connections)
+            self.unserved = Unserved(sockets.handoff,
+                                     lambda: self.scoreboard.get(self.slot, HEARTBEAT_MS))
+            if config.threads == 1:  # the app on the loop: a request can hold it
+                self.unserved.watch()
         elif sockets.listener is not None:
             engine.accept_from(sockets.listener, shared=True)
         elif sockets.reuseport is not None:
@@ -179,7 +185,13 @@ class Worker:
             self._master_gone()
             return False
         self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(connections)
-        for sock, peer in connections:
+        unserved = self.unserved.queue
+        unserved.extend(connections)
+        while True:
+            try:
+                sock, peer = unserved.popleft()  # or the watchdog took it (migration.Unserved)
+            except IndexError:
+                break
             self.engine.add_connection(sock, peer)
         return len(connections) == HANDOFF_BATCH
 
@@ -224,10 +236,15 @@ class Worker:
             return
         # Once: draining the hand-off channel below can find the master gone, which stops us.
         self._stopping = True
+        sockets = self.sockets
+        retirement = self._retirement()
+        if retirement is not None:
+            retirement.begin()  # first: stopping closes the idle connections
         # First: what the drain below hands the engine is answered as a stopping worker does.
         engine.begin_stop(graceful_timeout)
-        sockets = self.sockets
         if sockets.handoff is not None:
+            if retirement is not None:
+                self._pass_on_untaken(retirement.hand_back)
             # Connections the master passed before it took us out of rotation are still ours,
             # every one of them (not only the first batch).
             while self._take_connections():
@@ -236,6 +253,35 @@ class Worker:
         if sockets.listener is not None:
             engine.remove_listener(sockets.listener)
             close_quietly(sockets.listener)
+
+    def _retirement(self) -> Retirement | None:
+        """Retired on purpose (the master set our HAND_BACK word before its SIGTERM): our
+        kept-alive connections go to the workers that stay instead of being closed."""
+        assert self.engine is not None
+        handoff = self.sockets.handoff
+        if handoff is None or not self.scoreboard.get(self.slot, HAND_BACK):
+            return None
+        return Retirement(HandBack(self.engine, handoff))
+
+    def _pass_on_untaken(self, hand_back: HandBack) -> None:
+        """Connections the master passed before it took us out of rotation, unread: back to it
+        as they came, so a worker that stays serves them. What the channel does not take now
+        is left there for :meth:`_take_connections`."""
+        handoff = self.sockets.handoff
+        assert self.engine is not None and handoff is not None
+        while True:
+            try:
+                passed = ipc.receive_passed(handoff, HANDOFF_BATCH)
+            except ipc.ChannelClosed:
+                return
+            if not passed:
+                return
+            self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(passed)
+            left = hand_back.pass_on(passed)
+            for sock, peer in ipc.wrap_passed(left, self.sockets.family):
+                self.engine.add_connection(sock, peer)
+            if left:
+                return
 
     # -- signals ------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class Outcome:
     kind: str  # "new": a new connection per request; "keep": a keep-alive connection
     status: int
     body: Any  # the JSON body
+    connection: int = 0  # which client connection carried it (numbered as opened)
 
 
 @dataclass
@@ -48,11 +49,18 @@ class Load:
     pause: float = 0.005  # between a thread's requests: steady load, some CPU left for the cluster
     timeout: float = 15.0
     limit: float = 90.0  # no thread runs longer than this, whatever the test does
+    # As wrk counts: a keep-alive connection the server closed without "Connection: close"
+    # (a request sent on it failed, or it was found closed while idle) is a failure, even when
+    # a retry on a new connection would succeed.
+    strict: bool = False
+    stagger: float = 0.0  # seconds between thread starts: one connect per accept, spread in turn
+    connections: int = 0  # connections opened by the load
     outcomes: list[Outcome] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     retries: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> Load:
         for kind, count in (("new", self.new), ("keep", self.keep)):
@@ -61,6 +69,7 @@ class Load:
                                           name=f"load-{kind}-{index}")
                 thread.start()
                 self._threads.append(thread)
+                time.sleep(self.stagger)
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -92,23 +101,38 @@ class Load:
             counts[pid] = counts.get(pid, 0) + 1
         return counts
 
-    def _record(self, kind: str, reply: Any) -> None:
+    def _record(self, kind: str, reply: Any, connection: int = 0) -> None:
         if reply.status != 200:
             self.failures.append(f"{kind}: HTTP {reply.status} {reply.text[:200]}")
             return
-        self.outcomes.append(Outcome(time.monotonic(), kind, reply.status, reply.json()))
+        self.outcomes.append(Outcome(time.monotonic(), kind, reply.status, reply.json(),
+                                     connection))
+
+    def connections_served_by_several(self) -> int:
+        """Keep-alive connections whose requests were answered by more than one worker."""
+        pids: dict[int, set[int]] = {}
+        for outcome in list(self.outcomes):
+            if outcome.kind == "keep":
+                pids.setdefault(outcome.connection, set()).add(outcome.body["pid"])
+        return sum(len(seen) > 1 for seen in pids.values())
 
     def _run(self, kind: str) -> None:
         conn: http.client.HTTPConnection | None = None
         reused = False
+        number = 0
         end = time.monotonic() + self.limit
         try:
             while not self._stop.is_set() and time.monotonic() < end:
                 if conn is not None and _dropped(conn):
                     conn.close()  # closed by the server while idle: as urllib3 does, reconnect
                     conn = None
+                    if self.strict:
+                        self.failures.append(f"{kind}: closed by the server while idle")
                 if conn is None:
                     conn = self.cluster.connection(self.timeout)
+                    with self._lock:
+                        self.connections += 1
+                        number = self.connections
                     reused = False
                 headers = {} if kind == "keep" else {"Connection": "close"}
                 try:
@@ -116,10 +140,11 @@ class Load:
                 except STALE as exc:
                     conn.close()
                     conn = None
-                    if not reused:
+                    if not reused or self.strict:
                         self.failures.append(f"{kind}: {type(exc).__name__}: {exc}")
                         continue
                     self.retries.append(f"{kind}: {type(exc).__name__}: {exc}")
+                    number = 0  # the retry's connection is not counted
                     try:
                         reply = self.cluster.request(self.path, timeout=self.timeout)
                     except Exception as retry_exc:  # noqa: BLE001 - every failure is counted
@@ -137,7 +162,7 @@ class Load:
                         conn = None
                     else:
                         reused = True
-                self._record(kind, reply)
+                self._record(kind, reply, number)
                 time.sleep(self.pause)
         finally:
             if conn is not None:
