@@ -241,6 +241,12 @@ class Response:
         if isinstance(app_iter, (list, tuple)) and len(app_iter) == 1:
             self.length = len(app_iter[0])
 
+    def write_whole(self, body: bytes) -> None:
+        """The app's whole body, in one piece (a list of one bytestring, see :meth:`sized_by`)."""
+        self.length = len(body)
+        self.write(body)
+        self.finish()
+
     @property
     def complete(self) -> bool:
         """Every byte of the declared or computed ``Content-Length`` was passed on."""
