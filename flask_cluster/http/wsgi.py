@@ -21,29 +21,35 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Sink = Callable[[bytes], None]
 
-_header_keys: dict[bytes, str | None] = {}
 _methods: dict[bytes, str] = {}
 MAX_CACHED_NAMES = 512
+
+
+class _EnvironKeys(dict[bytes, str | None]):
+    """Header name -> environ key, remembered for the first :data:`MAX_CACHED_NAMES` names: a
+    dict whose hits cost no call."""
+
+    def __missing__(self, name: bytes) -> str | None:
+        text = name.decode("latin-1").upper()
+        key: str | None
+        if "_" in text:
+            key = None
+        elif text in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+            key = text.replace("-", "_")
+        else:
+            key = "HTTP_" + text.replace("-", "_")
+        if len(self) < MAX_CACHED_NAMES:
+            self[name] = key
+        return key
+
+
+_environ_keys = _EnvironKeys()
 
 
 def environ_key(name: bytes) -> str | None:
     """``User-Agent`` -> ``HTTP_USER_AGENT``; ``None`` for names with ``_``, which we drop (as
     nginx and gunicorn do) so ``X_Forwarded_For`` cannot pose as ``X-Forwarded-For``."""
-    try:
-        return _header_keys[name]
-    except KeyError:
-        pass
-    text = name.decode("latin-1").upper()
-    key: str | None
-    if "_" in text:
-        key = None
-    elif text in ("CONTENT-TYPE", "CONTENT-LENGTH"):
-        key = text.replace("-", "_")
-    else:
-        key = "HTTP_" + text.replace("-", "_")
-    if len(_header_keys) < MAX_CACHED_NAMES:
-        _header_keys[name] = key
-    return key
+    return _environ_keys[name]
 
 
 def base_environ(server_name: str, server_port: str, *, scheme: str, multithread: bool) -> dict[str, Any]:
@@ -79,8 +85,9 @@ def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
     environ["REMOTE_ADDR"] = remote_addr
     environ["REMOTE_PORT"] = remote_port
     environ["wsgi.input"] = request.body
+    keys = _environ_keys
     for name, value in request.headers:
-        key = environ_key(name)
+        key = keys[name]
         if key is None:
             continue
         text = value.decode("latin-1")
