@@ -27,6 +27,7 @@ from .access_log import STARTED, AccessLog
 from .app_call import AppHost
 from .connection import Connection, TLSConnection
 from .inline import start_inline
+from .poller import new_poller
 from .threaded import AppPool
 
 log = logging.getLogger("flask_cluster.worker")
@@ -60,7 +61,7 @@ class Engine:
         self.on_connection = on_connection  # +1 when a connection opens, -1 when it closes
         self.tls = tls
         self.sendfile = tls is None  # os.sendfile would bypass the encryption
-        self.selector = selectors.DefaultSelector()
+        self.selector = new_poller()
         self.connections: set[Connection] = set()
         self.stopping = False
         self.deadline = 0.0
@@ -263,8 +264,7 @@ class Engine:
 
     def run_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` for events and handle them: one pass of the loop."""
-        for key, mask in self.selector.select(timeout):
-            target = key.data
+        for target, mask in self.selector.ready(timeout):
             if isinstance(target, Connection):
                 try:
                     if mask & selectors.EVENT_READ:
