@@ -23,6 +23,7 @@ Sink = Callable[[bytes], None]
 
 _methods: dict[bytes, str] = {}
 MAX_CACHED_NAMES = 512
+PERCENT = ord("%")  # an int: ``bytes in bytes`` first fails to read its operand as an int
 
 
 class _EnvironKeys(dict[bytes, str | None]):
@@ -78,7 +79,7 @@ def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
     if method is None:
         method = _methods.setdefault(request.method, request.method.decode("latin-1"))
     environ["REQUEST_METHOD"] = method
-    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+    environ["PATH_INFO"] = (unquote_to_bytes(path) if PERCENT in path else path).decode("latin-1")
     environ["QUERY_STRING"] = request.query.decode("latin-1")
     environ["RAW_URI"] = environ["REQUEST_URI"] = request.url.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
