@@ -150,7 +150,9 @@ class Engine:
             sock.close()
             return
         sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
+        # Nothing to do for the usual connection (its address known, Linux): socket.family
+        # builds an enum member, costly for every connection.
+        if (peer is None or not NODELAY_INHERITED) and sock.family != socket.AF_UNIX:
             if not NODELAY_INHERITED:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if peer is None:
