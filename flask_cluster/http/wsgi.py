@@ -79,9 +79,14 @@ def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
     if method is None:
         method = _methods.setdefault(request.method, request.method.decode("latin-1"))
     environ["REQUEST_METHOD"] = method
-    environ["PATH_INFO"] = (unquote_to_bytes(path) if PERCENT in path else path).decode("latin-1")
-    environ["QUERY_STRING"] = request.query.decode("latin-1")
-    environ["RAW_URI"] = environ["REQUEST_URI"] = request.url.decode("latin-1")
+    url = request.url
+    uri = environ["RAW_URI"] = environ["REQUEST_URI"] = url.decode("latin-1")
+    if PERCENT in path:
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+    else:  # the path is the whole target when there is no query: decoded once
+        environ["PATH_INFO"] = uri if path is url else path.decode("latin-1")
+    query = request.query
+    environ["QUERY_STRING"] = query.decode("latin-1") if query else ""
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     environ["REMOTE_ADDR"] = remote_addr
     environ["REMOTE_PORT"] = remote_port
@@ -167,6 +172,23 @@ class ResponseError(Exception):
     """The app broke the WSGI contract; the response cannot be completed."""
 
 
+_status_codes: dict[str, int] = {}  # statuses already found valid, as most apps use a few
+
+
+def parse_status(status: str) -> int:
+    """The code of a valid final status line such as ``"200 OK"``, else :class:`ResponseError`."""
+    try:
+        code = int(status[:3])
+    except (TypeError, ValueError):
+        raise ResponseError(f"invalid status {status!r}") from None
+    if len(status) < 4 or status[3] != " " or code < 100:
+        raise ResponseError(f"invalid status {status!r}")
+    if code < 200:
+        # 1xx is interim (RFC 9110 15.2): the client would keep waiting for the response.
+        raise ResponseError(f"status {status!r} is interim, not a response")
+    return code
+
+
 class Response:
     """``start_response`` and the serializer for one request.
 
@@ -210,15 +232,11 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise ResponseError("start_response called a second time without exc_info")
-        try:
-            code = int(status[:3])
-        except (TypeError, ValueError):
-            raise ResponseError(f"invalid status {status!r}") from None
-        if len(status) < 4 or status[3] != " " or code < 100:
-            raise ResponseError(f"invalid status {status!r}")
-        if code < 200:
-            # 1xx is interim (RFC 9110 15.2): the client would keep waiting for the response.
-            raise ResponseError(f"status {status!r} is interim, not a response")
+        code = _status_codes.get(status) if type(status) is str else None
+        if code is None:
+            code = parse_status(status)
+            if len(_status_codes) < MAX_CACHED_NAMES:
+                _status_codes[status] = code
         self.status = status
         self.status_code = code
         self.headers = headers
