@@ -1,4 +1,4 @@
-"""A worker's HTTP/1.1 engine: one ``selectors`` loop, the app inline or on a thread pool.
+"""A worker's HTTP/1.1 engine: one event loop (:mod:`.poller`), the app inline or on a thread pool.
 
 Written here rather than taken from a library because it is the product: it decides the
 per-request cost, and a general-purpose server (asyncio, werkzeug's) spends several times our
