@@ -22,6 +22,9 @@ PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIO
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for
+# Header word: connections the master holds because no worker has room (master/choice.py);
+# while it is not 0 a worker says wire.Free the moment it is free.
+HOLDING = WORKER_COUNT + 1
 
 
 def now_ms() -> int:
@@ -60,6 +63,14 @@ class Scoreboard:
     @worker_count.setter
     def worker_count(self, count: int) -> None:
         self.words[WORKER_COUNT] = count
+
+    @property
+    def holding(self) -> int:
+        return self.words[HOLDING]
+
+    @holding.setter
+    def holding(self, count: int) -> None:
+        self.words[HOLDING] = count
 
     def snapshot(self, slot: int) -> dict[str, int]:
         base = self.base(slot)

@@ -40,6 +40,7 @@ from ..tls import server_context
 from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .engine import Engine
+from .free_signal import FreeSignal
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
 
@@ -92,7 +93,7 @@ class Worker:
             if extension is not None:
                 with app.app_context():
                     extension.run_start_hooks()
-            engine = self._build_engine(app)
+            engine = self._build_engine(app, messenger)
         except BaseException as exc:  # noqa: BLE001
             return self._boot_failed(exc)
         self.engine = engine
@@ -112,7 +113,7 @@ class Worker:
                 extension.run_stop_hooks()
         return EXIT_OK
 
-    def _build_engine(self, app: Any) -> Engine:
+    def _build_engine(self, app: Any, messenger: WorkerMessenger) -> Engine:
         config = self.config
         words = self.scoreboard.words
         base = self.scoreboard.base(self.slot)
@@ -122,6 +123,7 @@ class Worker:
             max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
 
         connections_index = base + CONNECTIONS
+        free_signal = FreeSignal(words, in_flight_index, messenger.send)
 
         def on_connection(delta: int) -> None:
             words[connections_index] += delta
@@ -130,7 +132,9 @@ class Worker:
             words[in_flight_index] += delta
             if delta > 0:
                 words[requests_index] += 1
-            elif max_requests and words[requests_index] >= max_requests:
+                return
+            free_signal.request_ended()
+            if max_requests and words[requests_index] >= max_requests:
                 self._retire()
 
         server_name, server_port = self.server_address
