@@ -43,6 +43,7 @@ from .engine import Engine
 from .free_signal import FreeSignal
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
+from .spread import Spread
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -124,6 +125,7 @@ class Worker:
 
         connections_index = base + CONNECTIONS
         free_signal = FreeSignal(words, in_flight_index, messenger.send)
+        spread: Spread | None = None  # made with the engine, below
 
         def on_connection(delta: int) -> None:
             words[connections_index] += delta
@@ -132,8 +134,12 @@ class Worker:
             words[in_flight_index] += delta
             if delta > 0:
                 words[requests_index] += 1
+                if spread is not None:
+                    spread.request_started()
                 return
             free_signal.request_ended()
+            if spread is not None:
+                spread.request_ended()
             if max_requests and words[requests_index] >= max_requests:
                 self._retire()
 
@@ -166,6 +172,8 @@ class Worker:
                                      lambda: self.scoreboard.get(self.slot, HEARTBEAT_MS))
             if config.threads == 1:  # the app on the loop: a request can hold it
                 self.unserved.watch()
+                spread = Spread(engine, HandBack(engine, sockets.handoff), self.scoreboard,
+                                self.slot)
         elif sockets.listener is not None:
             engine.accept_from(sockets.listener, shared=True)
         elif sockets.reuseport is not None:
