@@ -13,16 +13,20 @@ Variants (``--variants``): ``rr-before`` and ``lb-before`` are round-robin and l
 they were before holding (``--queue-depth`` large enough never to hold), ``rr-hold`` and
 ``lb-hold`` hold a connection in the master while no worker is free (``--queue-depth 0``),
 ``rr-depth1`` lets one connection wait behind each busy worker, ``shared`` is the shared accept
-socket, ``gunicorn-sync`` the reference. Every round runs every variant (the order reversed
-every other round), and the report gives each variant's fast p99 over gunicorn sync's in the
-same round, the ratio a loaded machine leaves standing.
+socket, ``gunicorn-sync`` the reference. ``rev-rr`` and ``rev-lb`` run round-robin and
+least-busy from the revision given with ``--revision`` (checked out with ``git worktree``), to
+compare with code that is gone. Every round runs every variant (the order reversed every other
+round), and the report gives each variant's fast p99 over gunicorn sync's in the same round,
+the ratio a loaded machine leaves standing.
 
     python -m benchmarks.mixed_load --variants rr-before,rr-hold,lb-hold,gunicorn-sync --rounds 3
+    python -m benchmarks.mixed_load --variants rev-rr,rr-hold,gunicorn-sync --revision main
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -31,11 +35,12 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .before_after import worktree
 from .machine import machine
 from .servers import HOST, PY, WORKERS, ServerSpec, serve
 
@@ -70,8 +75,24 @@ VARIANTS: dict[str, ServerSpec] = {spec.name: spec for spec in (
     _cluster("lb-before", "least-busy", "--queue-depth", str(NEVER_HOLDS)),
     _cluster("lb-hold", "least-busy", "--queue-depth", "0"),
     _cluster("shared", "shared"),
+    _cluster("rev-rr", "round-robin"),
+    _cluster("rev-lb", "least-busy"),
     ServerSpec("gunicorn-sync", "gunicorn sync", _gunicorn_sync, multiprocess=True),
 )}
+ON_REVISION = ("rev-rr", "rev-lb")
+
+
+@contextlib.contextmanager
+def revision_root(revision: str | None) -> Iterator[Path | None]:
+    """A directory to run a server from that imports ``revision``'s flask_cluster and this
+    tree's benchmarks (for the app): ``python -m`` puts its working directory first."""
+    if revision is None:
+        yield None
+        return
+    with worktree(revision) as tree, tempfile.TemporaryDirectory(prefix="mixed-rev-") as home:
+        os.symlink(tree / "flask_cluster", Path(home, "flask_cluster"))
+        os.symlink(REPO / "benchmarks", Path(home, "benchmarks"))
+        yield Path(home)
 
 
 # -- the clients (one process each) ---------------------------------------------------------------
@@ -170,14 +191,18 @@ def mixed(port: int, kind: str, seconds: float) -> Measure:
 # -- the run --------------------------------------------------------------------------------------
 
 def run(variants: list[str], kinds: list[str], rounds: int, seconds: float,
-        say: Callable[[str], None] = print) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": machine(), "seconds": seconds, "rounds": []}
-    with tempfile.TemporaryDirectory(prefix="mixed-load-") as workdir:
+        revision: str | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "seconds": seconds, "revision": revision,
+                               "rounds": []}
+    with tempfile.TemporaryDirectory(prefix="mixed-load-") as workdir, \
+            revision_root(revision) as old_root:
         for number in range(rounds):
             order = variants if number % 2 == 0 else variants[::-1]
             measured: dict[str, dict[str, Measure]] = {}
             for name in order:
-                with serve(VARIANTS[name], APP, Path(workdir), REPO) as server:
+                root = old_root if name in ON_REVISION else REPO
+                assert root is not None, "--revision is needed for " + name
+                with serve(VARIANTS[name], APP, Path(workdir), root) as server:
                     mixed(server.port, "close", 1.0)  # warm up: imports, first requests
                     measured[name] = {kind: mixed(server.port, kind, seconds) for kind in kinds}
                 for kind, result in measured[name].items():
@@ -217,6 +242,7 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--revision", help="the revision rev-rr and rev-lb run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     variants = [name for name in args.variants.split(",") if name]
@@ -226,7 +252,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown: {', '.join(unknown)} (variants: {', '.join(VARIANTS)}; "
                          f"kinds: {', '.join(KINDS)})")
-    results = run(variants, kinds, args.rounds, args.seconds)
+    if any(name in ON_REVISION for name in variants) and not args.revision:
+        raise SystemExit("rev-rr and rev-lb need --revision")
+    results = run(variants, kinds, args.rounds, args.seconds, args.revision)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print()
