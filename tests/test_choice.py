@@ -87,3 +87,28 @@ def test_dispatcher_holds_while_every_worker_is_busy_and_releases_when_one_is_fr
         finally:
             for client in clients:
                 client.close()
+
+
+def test_each_free_signal_earns_the_worker_one_held_connection(listener: socket.socket,
+                                                               workers: list[Worker]) -> None:
+    only = workers[0]
+    only.in_flight, only.passed = 1, 1  # serving, and one it has not taken yet: no room
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [only], pytest.fail,
+                                serving_blocks=True, queue_depth=0)
+        dispatcher.start()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        try:
+            while len(dispatcher.waiting) < 3:
+                run_once(selector, dispatcher)
+            dispatcher.retry()
+            assert len(dispatcher.waiting) == 3  # no room on the scoreboard...
+
+            dispatcher.worker_free(only)  # ...but each request it ends earns it one
+            dispatcher.worker_free(only)
+
+            assert len(only.receive()) == 2
+            assert len(dispatcher.waiting) == 1
+        finally:
+            for client in clients:
+                client.close()

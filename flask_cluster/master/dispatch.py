@@ -249,6 +249,18 @@ class Dispatcher:
         self.resting_until = 0.0
         self._accept_more(False)
 
+    def worker_free(self, worker: Target) -> None:
+        """``worker`` said ``Free``: its last request in flight just ended. Each request ended
+        earns it the oldest held connection, even if it has not taken the last one yet: a
+        worker serving a queue of kept-alive requests is never free on the scoreboard for
+        long, and one connection per pass of its loop would starve the held ones."""
+        if self.waiting and not self.stopped and worker in self.live():
+            item = self.waiting[0]
+            if hand_off([item], [worker], self.on_gone) is not None:
+                self.waiting.popleft()
+                os.close(item.fd)
+        self.retry()
+
     def retry(self) -> None:
         """Hand off what waits; accept again once nothing does and the rest is over. Called
         on each pass of the master's loop while paused, so also when a worker says it is free

@@ -275,10 +275,10 @@ class Master:
     def _holding(self, count: int) -> None:
         self.scoreboard.holding = count
 
-    def _worker_free(self, _handle: WorkerHandle, _message: wire.Free) -> None:
-        """A worker has room: connections held for one go out now (see Dispatcher.retry)."""
+    def _worker_free(self, handle: WorkerHandle, _message: wire.Free) -> None:
+        """A worker has room: connections held for one go out now."""
         if self.dispatcher is not None:
-            self.dispatcher.retry()
+            self.dispatcher.worker_free(handle)
 
     def _lost(self, target: Any) -> None:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
