@@ -357,7 +357,7 @@ class Master:
         now = time.monotonic()
         master = {"pid": self.pid, "app": self.app_name, "address": self.address,
                   "balance": self.config.balance, "threads": self.config.threads,
-                  "uptime": round(now - self.started, 1)}
+                  "uptime": round(now - self.started, 1), "holding": self.scoreboard.holding}
         if self.broker is not None:
             master["broker"] = self.broker.status()
         return cluster_status(master, self.roster, self.workers, self.scoreboard, now)
