@@ -64,8 +64,9 @@ class RoundRobin:
     last one, a worker that is :func:`behind` (has not taken what it was passed, or with
     ``--threads 1`` is serving a request) is passed over for the next one in turn that is not:
     otherwise the connection would wait behind a busy worker while another sits idle. When
-    every worker is behind, plain turns. The turn then continues after the worker chosen, so
-    turns stay even.
+    every worker is behind, plain turns (with ``--threads 1`` the :class:`Choice` offers only
+    workers with room, so that happens only within ``--queue-depth``). The turn then continues
+    after the worker chosen, so turns stay even.
     """
 
     def __init__(self, serving_blocks: bool = False) -> None:
