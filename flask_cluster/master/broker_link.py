@@ -138,6 +138,7 @@ class Link:
         selector.register(self.channel.sock, selectors.EVENT_READ)
         selector.register(self._wakeup.reader, selectors.EVENT_READ)
         told = 0
+        next_status = 0.0
         try:
             while True:
                 selector.select(STATUS_EVERY)
@@ -147,6 +148,10 @@ class Link:
                     return  # the master is gone
                 for frame in frames:
                     self.take(marshal.loads(frame))
+                now = time.monotonic()
+                if now >= next_status:
+                    next_status = now + STATUS_EVERY
+                    self._status()
                 told = self._forward(told)
         finally:
             self._stopping.set()
@@ -174,15 +179,17 @@ class Link:
         confirmed = self.confirmed
         if confirmed > told:
             self.channel.queue(marshal.dumps(("c", confirmed)))
-        self.channel.queue(marshal.dumps(("s", {
-            "connected": all(self._up.values()), "hosts": dict(self.hosts),
-            "newest_id": self.newest_id.decode(), "queued": len(self.outbox)})))
         self.channel.sock.setblocking(True)  # the master reads at once; never drop an entry
         try:
             self.channel.flush()
         finally:
             self.channel.sock.setblocking(False)
         return confirmed
+
+    def _status(self) -> None:
+        self.channel.queue(marshal.dumps(("s", {
+            "connected": all(self._up.values()), "hosts": dict(self.hosts),
+            "newest_id": self.newest_id.decode(), "queued": len(self.outbox)})))
 
     # -- the threads --------------------------------------------------------------------------
 

@@ -153,6 +153,7 @@ class RedisRelay:
         self._started = 0.0
         self.pid = 0
         self.channel: ipc.MessageChannel | None = None
+        self._writing = False  # waiting for the socket to take queued frames
         self._start_link()
 
     # -- the link process ---------------------------------------------------------------------
@@ -172,8 +173,8 @@ class RedisRelay:
         self.channel.queue(marshal.dumps({**self._settings, "last_id": self.delivered_id}))
         for number, fields in self.unconfirmed:  # Redis may have some: Order drops the copies
             self.channel.queue(marshal.dumps(("p", number, fields)))
-        self._selector.register(ours, selectors.EVENT_READ, self._on_ready)
-        self._flush()
+        self._selector.register(ours, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_ready)
+        self._writing = True
 
     def _link_gone(self) -> None:
         assert self.channel is not None
@@ -197,9 +198,13 @@ class RedisRelay:
             self._send(("w", json.dumps({"workers": workers, "pid": os.getpid()}).encode()))
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        if self.channel is not None:  # else the link restarts soon and gets what matters again
-            self.channel.queue(marshal.dumps(message))
-            self._flush()
+        if self.channel is None:
+            return  # the link restarts soon and gets what matters again
+        self.channel.queue(marshal.dumps(message))
+        if not self._writing:  # sent when the loop comes round: many broadcasts, one send
+            self._writing = True
+            self._selector.modify(self.channel.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                  self._on_ready)
 
     def _flush(self) -> None:
         assert self.channel is not None
@@ -207,8 +212,9 @@ class RedisRelay:
             done = self.channel.flush()
         except ipc.ChannelClosed:
             return  # the read side notices and restarts the link
-        events = selectors.EVENT_READ if done else selectors.EVENT_READ | selectors.EVENT_WRITE
-        self._selector.modify(self.channel.sock, events, self._on_ready)
+        if done:
+            self._writing = False
+            self._selector.modify(self.channel.sock, selectors.EVENT_READ, self._on_ready)
 
     def _on_ready(self, _sock: Any, mask: int) -> None:
         assert self.channel is not None
