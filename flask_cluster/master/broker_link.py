@@ -17,6 +17,7 @@ again (:mod:`.redis_relay`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import marshal
 import os
@@ -144,8 +145,10 @@ class Link:
                 selector.select(STATUS_EVERY)
                 try:
                     frames = self.channel.receive()
-                except ipc.ChannelClosed:
-                    return  # the master is gone
+                except ipc.ChannelClosed:  # the master stopped (or died): so did its workers
+                    self._stopping.set()  # the writer announces no more
+                    self._withdraw()
+                    return
                 for frame in frames:
                     self.take(marshal.loads(frame))
                 now = time.monotonic()
@@ -156,6 +159,15 @@ class Link:
         finally:
             self._stopping.set()
             self.outbox.wake()
+
+    def _withdraw(self) -> None:
+        """Take this host out of the directory, so no gather waits for its workers."""
+        with contextlib.suppress(redis.RedisError, OSError):
+            client = self._connect(self._url)
+            try:
+                client.delete(self.host_key)
+            finally:
+                client.close()
 
     def take(self, message: tuple[Any, ...]) -> None:
         kind = message[0]

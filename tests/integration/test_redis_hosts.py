@@ -39,12 +39,19 @@ def start_host(start_cluster: StartCluster, server: RedisServer, sock: Path, *op
                          "--control-socket", str(sock), *options, workers=workers)
 
 
-def test_gather_answers_come_from_every_worker_of_both_hosts_and_a_dead_host_is_named(
-        start_cluster: StartCluster, redis_server: Servers, tmp_path: Path) -> None:
-    server = redis_server()
+def two_hosts(start_cluster: StartCluster, server: RedisServer,
+              tmp_path: Path) -> tuple[ClusterProcess, ClusterProcess]:
+    """Two clusters, ``one.sock`` and ``two.sock``, once each sees the other."""
     one = start_host(start_cluster, server, tmp_path / "one.sock")
     two = start_host(start_cluster, server, tmp_path / "two.sock")
     host(one, tmp_path / "one.sock")
+    host(two, tmp_path / "two.sock")
+    return one, two
+
+
+def test_gather_answers_come_from_every_worker_of_both_hosts_and_a_dead_host_is_named(
+        start_cluster: StartCluster, redis_server: Servers, tmp_path: Path) -> None:
+    one, two = two_hosts(start_cluster, redis_server(), tmp_path)
     two_id = host(two, tmp_path / "two.sock")["host"]
 
     def every_worker() -> list[int] | None:
@@ -63,12 +70,19 @@ def test_gather_answers_come_from_every_worker_of_both_hosts_and_a_dead_host_is_
     assert incomplete["missing"] == [] and len(incomplete["replies"]) == 2
 
 
+def test_a_host_stopped_gracefully_is_waited_for_no_more(
+        start_cluster: StartCluster, redis_server: Servers, tmp_path: Path) -> None:
+    one, two = two_hosts(start_cluster, redis_server(), tmp_path)
+
+    two.stop()
+
+    assert len(one.get_json("/gather/pid?timeout=5")["replies"]) == 2  # at once, not at the TTL
+
+
 def test_a_signed_entry_copied_back_into_the_stream_runs_no_handler(
         start_cluster: StartCluster, redis_server: Servers, tmp_path: Path) -> None:
     server = redis_server()
-    one = start_host(start_cluster, server, tmp_path / "one.sock")
-    two = start_host(start_cluster, server, tmp_path / "two.sock")
-    host(one, tmp_path / "one.sock")
+    one, two = two_hosts(start_cluster, server, tmp_path)
     one.get_json("/broadcast/number?n=1", "POST")
     wait_for_states(one, lambda state: state["numbers"] == [0], 30, workers=4)
 
@@ -88,8 +102,7 @@ def test_a_signed_entry_copied_back_into_the_stream_runs_no_handler(
 def test_the_broker_link_killed_mid_stream_is_restarted_and_nothing_is_lost_or_doubled(
         start_cluster: StartCluster, redis_server: Servers, tmp_path: Path) -> None:
     server = redis_server()
-    one = start_host(start_cluster, server, tmp_path / "one.sock")
-    two = start_host(start_cluster, server, tmp_path / "two.sock")
+    one, two = two_hosts(start_cluster, server, tmp_path)
     link = host(one, tmp_path / "one.sock")["link_pid"]
     client = server.client()
     count = 1500
@@ -143,10 +156,7 @@ def test_past_the_buffer_bound_broadcast_raises_in_the_view_and_the_buffered_arr
 
 def test_cluster_ctl_broadcasts_to_every_host_and_shows_the_broker(
         start_cluster: StartCluster, redis_server: Servers, tmp_path: Path) -> None:
-    server = redis_server()
-    start_host(start_cluster, server, tmp_path / "one.sock")
-    two = start_host(start_cluster, server, tmp_path / "two.sock")
-    host(two, tmp_path / "two.sock")
+    _one, two = two_hosts(start_cluster, redis_server(), tmp_path)
 
     out = ctl_ok("broadcast", "number", "--data", "7", control_socket=tmp_path / "one.sock")
     assert "2 workers" in out
