@@ -56,6 +56,26 @@ RETRY_FIRST, RETRY_CAP = 0.05, 2.0  # seconds between reconnection attempts, dou
 Fields = dict[bytes, bytes]
 
 
+def stream_key(cluster_name: str) -> str:
+    """The stream every broadcast and gather question of the cluster goes through."""
+    return f"flask-cluster:{cluster_name}:stream"
+
+
+def host_key(cluster_name: str, host: str) -> str:
+    """``host``'s announcement (its worker ids), with a TTL its link refreshes."""
+    return f"flask-cluster:{cluster_name}:host:{host}"
+
+
+def hosts_key(cluster_name: str) -> str:
+    """The set of hosts that announced themselves, so no reader needs to ``SCAN`` for them."""
+    return f"flask-cluster:{cluster_name}:hosts"
+
+
+def inbox_key(cluster_name: str, host: str) -> str:
+    """The stream of answers to ``host``'s gathers, read by ``host`` only."""
+    return f"flask-cluster:{cluster_name}:inbox:{host}"
+
+
 def connect(url: str) -> redis.Redis:
     """One connection to ``url``; no retries of its own: the link retries, in order."""
     password = None if urllib.parse.urlsplit(url).password else os.environ.get("REDIS_PASSWORD")
@@ -113,10 +133,12 @@ class Link:
         self.channel = channel
         self._url: str = settings["url"]
         self._connect = connect
-        self.stream: str = settings["stream"]
-        self.inbox: str = settings["inbox"]
-        self.host_key: str = settings["host_key"]
-        self.hosts_pattern: str = settings["hosts_pattern"]
+        self.cluster_name: str = settings["cluster_name"]
+        self.host: str = settings["host"]
+        self.stream = stream_key(self.cluster_name)
+        self.inbox = inbox_key(self.cluster_name, self.host)
+        self.host_key = host_key(self.cluster_name, self.host)
+        self.hosts_key = hosts_key(self.cluster_name)
         self.stream_len: int = settings["stream_len"]
         self.last_id: bytes = settings["last_id"].encode()
         self.inbox_id = b"0-0"  # the inbox is this host's alone: all of it is for us
@@ -166,6 +188,7 @@ class Link:
             client = self._connect(self._url)
             try:
                 client.delete(self.host_key)
+                client.srem(self.hosts_key, self.host)
             finally:
                 client.close()
 
@@ -176,12 +199,9 @@ class Link:
             self.outbox.put(self.stream, fields, number)
         elif kind == "r":
             _kind, host, fields = message
-            self.outbox.put(self.inbox_of(host), fields, 0)
+            self.outbox.put(inbox_key(self.cluster_name, host), fields, 0)
         else:
             self.announcement = message[1]
-
-    def inbox_of(self, host: str) -> str:
-        return self.inbox.rpartition(":")[0] + ":" + host
 
     def _forward(self, told: int) -> int:
         """Send the master what the threads read and confirmed since; returns what is confirmed."""
@@ -249,12 +269,17 @@ class Link:
 
     def _announce(self, client: Any) -> None:
         """Refresh this host's key; read every host's (ours too: the master leaves itself out)."""
+        pipe = client.pipeline(transaction=False)
         if self.announcement:
-            client.set(self.host_key, self.announcement, ex=HOST_TTL)
-        keys = list(client.scan_iter(match=self.hosts_pattern, count=100))
-        values = client.mget(keys) if keys else []
-        prefix = self.hosts_pattern.rstrip("*")
-        self.hosts = {key.decode()[len(prefix):]: value for key, value in zip(keys, values, strict=True)
+            pipe.set(self.host_key, self.announcement, ex=HOST_TTL)
+            pipe.sadd(self.hosts_key, self.host)
+        pipe.smembers(self.hosts_key)
+        hosts = sorted(member.decode() for member in pipe.execute()[-1])
+        values = client.mget([host_key(self.cluster_name, host) for host in hosts]) if hosts else []
+        gone = [host for host, value in zip(hosts, values, strict=True) if value is None]
+        if gone:  # their keys expired: they stopped announcing
+            client.srem(self.hosts_key, *gone)
+        self.hosts = {host: value for host, value in zip(hosts, values, strict=True)
                       if value is not None}
         newest = client.xrevrange(self.stream, count=1)
         self.newest_id = newest[0][0] if newest else b""
@@ -298,7 +323,7 @@ def main() -> None:
         frames = channel.receive()
     settings: dict[str, Any] = marshal.loads(frames[0])
     configure(settings["log_level"], settings["log_format"])
-    set_title(f"flask-cluster broker link [{settings['stream']}]")
+    set_title(f"flask-cluster broker link [{settings['cluster_name']}]")
     link = Link(channel, settings)
     for frame in frames[1:]:
         link.take(marshal.loads(frame))

@@ -36,7 +36,7 @@ from typing import Any
 from .. import ipc, wire
 from ..config import Config
 from .backoff import Backoff
-from .broker_link import CHANNEL_FD, redact
+from .broker_link import CHANNEL_FD, redact, stream_key
 from .hub import Answered, Asked, Deliver
 
 log = logging.getLogger("flask_cluster.master")
@@ -44,18 +44,6 @@ log = logging.getLogger("flask_cluster.master")
 Fields = dict[bytes, bytes]
 STEADY = 10.0  # seconds a link must live before its restart delay starts over
 RESTART_CAP = 5.0  # seconds, at most, between a link's death and the next one's start
-
-
-def stream_key(cluster_name: str) -> str:
-    return f"flask-cluster:{cluster_name}:stream"
-
-
-def host_key(cluster_name: str, host: str) -> str:
-    return f"flask-cluster:{cluster_name}:host:{host}"
-
-
-def inbox_key(cluster_name: str, host: str) -> str:
-    return f"flask-cluster:{cluster_name}:inbox:{host}"
 
 
 class Order:
@@ -130,11 +118,9 @@ class RedisRelay:
         self.stream = stream_key(cluster_name)
         self.host = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._host = self.host.encode()
-        self._settings = {"url": url, "stream": self.stream,
-                          "inbox": inbox_key(cluster_name, self.host),
-                          "host_key": host_key(cluster_name, self.host),
-                          "hosts_pattern": host_key(cluster_name, "*"), "stream_len": stream_len,
-                          "log_level": log_level, "log_format": log_format}
+        self._settings = {"url": url, "cluster_name": cluster_name, "host": self.host,
+                          "stream_len": stream_len, "log_level": log_level,
+                          "log_format": log_format}
         self.order = Order()
         self.unconfirmed = Unconfirmed(buffer, on_full)
         self._workers = workers

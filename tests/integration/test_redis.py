@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from flask_cluster import signing
-from flask_cluster.master.redis_relay import stream_key
+from flask_cluster.master.broker_link import stream_key
 from tests.conftest import ClusterProcess, StartCluster, wait_until
 
 redis = pytest.importorskip("redis")
