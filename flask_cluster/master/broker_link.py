@@ -221,7 +221,7 @@ class Link:
     def _status(self) -> None:
         self.channel.queue(marshal.dumps(("s", {
             "connected": all(self._up.values()), "hosts": dict(self.hosts),
-            "newest_id": self.newest_id.decode(), "queued": len(self.outbox)})))
+            "newest_id": self.newest_id.decode()})))
 
     # -- the threads --------------------------------------------------------------------------
 
