@@ -152,7 +152,8 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
                    f"{'connected' if broker['connected'] else 'DISCONNECTED'}  "
                    f"last id {broker['last_id'] or '-'}  lag {broker['lag_ms']}ms  "
                    f"buffered {broker['buffered']}{' (FULL)' if broker['full'] else ''}  "
-                   f"missed {broker['missed']}  link restarts {broker['link_restarts']}")
+                   f"missed {broker['missed']}  malformed {broker['malformed']}  "
+                   f"link restarts {broker['link_restarts']}")
         click.echo(f"hosts seen {len(broker['hosts_seen'])}: {' '.join(broker['hosts_seen'])} "
                    f"(this one: {broker['host']})")
     rows = [STATUS_COLUMNS] + [tuple(str(w[c]) for c in STATUS_COLUMNS) for w in reply["workers"]]

@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("redis")
 
 from flask_cluster import signing  # noqa: E402
+from flask_cluster.master import entries  # noqa: E402
 from flask_cluster.master.broker_link import Outbox, redact  # noqa: E402
 from flask_cluster.master.redis_relay import Order, Unconfirmed  # noqa: E402
 from flask_cluster.worker.replay import COPY, STALE, ReplayGuard  # noqa: E402
@@ -91,3 +92,34 @@ def test_passwords_stay_out_of_logs() -> None:
     assert redact("redis://:pw@h:6379/0") == "redis://***@h:6379/0"
     assert redact("rediss://user:pw@h/0") == "rediss://user:***@h/0"
     assert redact("redis://h:6379") == "redis://h:6379"
+
+
+def test_what_the_masters_write_reads_back() -> None:
+    fields = {b"h": b"host-a", b"n": b"7", **entries.broadcast_fields("t", b"data", 42)}
+    assert entries.parse_entry(fields) == entries.Entry(b"host-a", 7, "t", b"data", 42, None, 0.0)
+    question = {b"h": b"host-a", b"n": b"8", **entries.question_fields(3, "q", b"?", 1.5)}
+    assert entries.parse_entry(question) == entries.Entry(b"host-a", 8, "q", b"?", None, 3, 1.5)
+    answers = [(0, 10, "ok", b"x", ""), (1, 0, "missing", None, ""), (2, 12, "error", b"", "")]
+    assert entries.parse_answers(entries.pack_answers(answers), "b") == [  # type: ignore[arg-type]
+        (0, 10, "ok", b"x", "b"), (1, 0, "missing", None, "b"), (2, 12, "error", b"", "b")]
+    assert entries.parse_workers(entries.announcement([0, 1], 99)) == [0, 1]
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {b"h": b"x", b"n": b"one", b"t": b"t", b"p": b""},
+    {b"h": b"x", b"n": b"1", b"t": b"\xff", b"p": b""},
+    {b"h": b"x", b"n": b"1", b"t": b"t", b"p": b"", b"k": b"pid"},
+    {b"h": b"x", b"n": b"1", b"t": b"t", b"p": b"", b"g": b"1", b"d": b"nan"},
+    {b"h": b"x", b"n": b"1", b"t": b"t", b"p": b"", b"g": b"1"},
+])
+def test_an_entry_no_master_wrote_is_none_not_an_exception(fields: dict[bytes, bytes]) -> None:
+    assert entries.parse_entry(fields) is None
+
+
+def test_answers_and_announcements_no_master_wrote_are_none() -> None:
+    packed = entries.pack_answers([(0, 10, "ok", b"payload", "")])  # type: ignore[list-item]
+    assert entries.parse_answers(packed[:-1], "b") is None  # the payload cut short
+    assert entries.parse_answers(packed[:5], "b") is None  # the header cut short
+    assert entries.parse_answers(packed[:16] + b"\x09" + packed[17:], "b") is None  # no status 9
+    for announcement in (b"{", b"[]", b'{"workers": "0"}', b'{"workers": [true]}', b"\xff"):
+        assert entries.parse_workers(announcement) is None

@@ -274,7 +274,7 @@ class Link:
             pipe.set(self.host_key, self.announcement, ex=HOST_TTL)
             pipe.sadd(self.hosts_key, self.host)
         pipe.smembers(self.hosts_key)
-        hosts = sorted(member.decode() for member in pipe.execute()[-1])
+        hosts = sorted(member.decode(errors="replace") for member in pipe.execute()[-1])
         values = client.mget([host_key(self.cluster_name, host) for host in hosts]) if hosts else []
         gone = [host for host, value in zip(hosts, values, strict=True) if value is None]
         if gone:  # their keys expired: they stopped announcing

@@ -20,7 +20,6 @@ inbox stream, read by the asker's link only.
 
 from __future__ import annotations
 
-import json
 import logging
 import marshal
 import os
@@ -35,6 +34,7 @@ from typing import Any
 
 from .. import ipc, wire
 from ..config import Config
+from . import entries
 from .backoff import Backoff
 from .broker_link import CHANNEL_FD, redact, stream_key
 from .hub import Answered, Asked, Deliver
@@ -122,6 +122,7 @@ class RedisRelay:
                           "stream_len": stream_len, "log_level": log_level,
                           "log_format": log_format}
         self.order = Order()
+        self.malformed = 0  # entries in our keys that no master wrote
         self.unconfirmed = Unconfirmed(buffer, on_full)
         self._workers = workers
         self._announced: list[int] | None = None
@@ -181,7 +182,7 @@ class RedisRelay:
         workers = self._workers()
         if self.channel is not None and workers != self._announced:
             self._announced = workers
-            self._send(("w", json.dumps({"workers": workers, "pid": os.getpid()}).encode()))
+            self._send(("w", entries.announcement(workers, os.getpid())))
 
     def _send(self, message: tuple[Any, ...]) -> None:
         if self.channel is None:
@@ -227,8 +228,7 @@ class RedisRelay:
     # -- the hub's side -----------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, skip: int | None) -> None:
-        self._append({b"t": topic.encode(), b"p": payload,
-                      b"k": b"" if skip is None else b"%d" % skip})
+        self._append(entries.broadcast_fields(topic, payload, skip))
 
     def bind(self, asked: Asked, answered: Answered) -> None:
         self._asked, self._answered = asked, answered
@@ -236,42 +236,61 @@ class RedisRelay:
     def hosts(self) -> dict[str, list[int]]:
         hosts = {}
         for host, announcement in self._link_status["hosts"].items():
-            if host != self.host:
-                hosts[host] = json.loads(announcement)["workers"]
+            workers = entries.parse_workers(announcement)
+            if workers is None:
+                self._malformed("host announcement")
+            elif host != self.host:
+                hosts[host] = workers
         return hosts
 
     def ask(self, gather_id: int, topic: str, payload: bytes, deadline: float) -> None:
-        self._append({b"t": topic.encode(), b"p": payload, b"g": b"%d" % gather_id,
-                      b"d": repr(deadline).encode()})
+        self._append(entries.question_fields(gather_id, topic, payload, deadline))
 
     def answer(self, host: str, gather_id: int, answers: list[wire.WireAnswer]) -> None:
         self._send(("r", host, {b"h": self._host, b"g": b"%d" % gather_id,
-                                b"a": marshal.dumps(answers)}))
+                                b"a": entries.pack_answers(answers)}))
 
     def _append(self, fields: Fields) -> None:
         fields[b"h"] = self._host
         fields[b"n"] = b"%d" % self.unconfirmed.add(fields)
         self._send(("p", self.unconfirmed.number, fields))
 
-    def _deliver_entries(self, entries: list[tuple[bytes, Fields]]) -> None:
-        for entry_id, fields in entries:
+    def _deliver_entries(self, read: list[tuple[bytes, Fields]]) -> None:
+        for entry_id, fields in read:
             self.delivered_id = entry_id.decode()
-            host = fields[b"h"]
-            if not self.order.accept(host, int(fields[b"n"])):
+            entry = entries.parse_entry(fields)
+            if entry is None:
+                self._malformed("stream entry")
                 continue
-            topic = fields[b"t"].decode()
-            if b"g" in fields:  # a gather's question; our own workers were asked directly
-                if host != self._host:
-                    self._asked(host.decode(), int(fields[b"g"]), topic, fields[b"p"],
-                                float(fields[b"d"]))
+            if not self.order.accept(entry.host, entry.number):
                 continue
-            skip = int(fields[b"k"]) if fields[b"k"] and host == self._host else None
+            ours = entry.host == self._host
+            if entry.gather_id is not None:  # a question; our own workers were asked directly
+                if not ours:
+                    self._asked(entry.host.decode(errors="replace"), entry.gather_id,
+                                entry.topic, entry.payload, entry.deadline)
+                continue
             self._seq += 1
-            self._deliver(self._seq, topic, fields[b"p"], skip)
+            self._deliver(self._seq, entry.topic, entry.payload, entry.skip if ours else None)
 
-    def _answers(self, entries: list[tuple[bytes, Fields]]) -> None:
-        for _entry_id, fields in entries:
-            self._answered(fields[b"h"].decode(), int(fields[b"g"]), marshal.loads(fields[b"a"]))
+    def _answers(self, read: list[tuple[bytes, Fields]]) -> None:
+        for _entry_id, fields in read:
+            try:
+                host, gather_id = fields[b"h"].decode(), int(fields[b"g"])
+                answers = entries.parse_answers(fields[b"a"], host)
+            except (KeyError, ValueError):
+                answers = None
+            if answers is None:
+                self._malformed("gather answer")
+            else:
+                self._answered(host, gather_id, answers)
+
+    def _malformed(self, what: str) -> None:
+        """Someone else wrote to our keys: drop it, log the first, count them all."""
+        self.malformed += 1
+        if self.malformed == 1:
+            log.error("a malformed %s in Redis, not written by a master: dropped (more are "
+                      "counted in cluster-ctl status, not logged)", what)
 
     # -- the master's side --------------------------------------------------------------------
 
@@ -283,6 +302,7 @@ class RedisRelay:
                 "connected": self.channel is not None and self._link_status["connected"],
                 "buffered": len(self.unconfirmed), "full": self.unconfirmed.full,
                 "last_id": self.delivered_id, "lag_ms": lag_ms, "missed": self.order.missed,
+                "malformed": self.malformed,
                 "hosts_seen": sorted(self._link_status["hosts"]), "link_pid": self.pid,
                 "link_restarts": self.restarts}
 

@@ -145,11 +145,14 @@ def test_entries_unsigned_or_signed_with_another_key_run_no_handler(
             b"short"], start=1):
         client.xadd(stream_key("forged"), {"h": "intruder", "n": number, "t": "number",
                                            "p": payload, "k": ""})
+    for malformed in ({"garbage": "1"}, {"h": "intruder", "n": "four", "t": "number", "p": ""}):
+        client.xadd(stream_key("forged"), malformed)  # type: ignore[arg-type]
 
     cluster.get_json("/broadcast/number?n=1", "POST")
 
     states = wait_for_states(cluster, lambda state: state["numbers"], 30)
     assert all(state["numbers"] == [0] for state in states)
+    assert cluster.log().count("a malformed stream entry in Redis") == 1  # and the master lives
     wait_until(lambda: cluster.log().count("signature is missing or wrong") == 6, 10,
                message="three rejections logged by each of two workers")
 
