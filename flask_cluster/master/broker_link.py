@@ -166,18 +166,17 @@ class Link:
             while True:
                 selector.select(STATUS_EVERY)
                 try:
-                    frames = self.channel.receive()
+                    for frame in self.channel.receive():
+                        self.take(marshal.loads(frame))
+                    now = time.monotonic()
+                    if now >= next_status:
+                        next_status = now + STATUS_EVERY
+                        self._status()
+                    told = self._forward(told)
                 except ipc.ChannelClosed:  # the master stopped (or died): so did its workers
                     self._stopping.set()  # the writer announces no more
                     self._withdraw()
                     return
-                for frame in frames:
-                    self.take(marshal.loads(frame))
-                now = time.monotonic()
-                if now >= next_status:
-                    next_status = now + STATUS_EVERY
-                    self._status()
-                told = self._forward(told)
         finally:
             self._stopping.set()
             self.outbox.wake()
