@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks.servers import cpu_seconds, descendants
+
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = re.compile(r"serving \S+ on (http://\S+) with (\d+) worker")
 
@@ -101,7 +103,20 @@ def start_redis(tmp: str) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("redis-server did not start within 30 s")
 
 
-def over_pipes_and_redis(workers: int, url: str, messages: int, pings: int) -> list[dict[str, Any]]:
+def roles(hosts: list[subprocess.Popen[bytes]], redis_pid: int) -> dict[str, list[int]]:
+    """The processes of the two hosts by role, the sending host's first: CPU time is the measure
+    that does not move with the load of a shared machine."""
+    found: dict[str, list[int]] = {"redis": [redis_pid]}
+    for name, proc in zip(("sending", "receiving"), hosts, strict=True):
+        found[f"{name} master"] = [proc.pid]
+        for pid in descendants(proc.pid):
+            link = "broker_link" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+            found.setdefault(f"{name} {'link' if link else 'workers'}", []).append(pid)
+    return found
+
+
+def over_pipes_and_redis(workers: int, url: str, messages: int, pings: int,
+                         redis_pid: int) -> list[dict[str, Any]]:
     """The same sender and receivers, first over pipes, then across two "hosts" on Redis."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,8 +136,13 @@ def over_pipes_and_redis(workers: int, url: str, messages: int, pings: int) -> l
                 if time.monotonic() > deadline:
                     raise RuntimeError("the two hosts did not see each other within 30 s")
                 time.sleep(0.2)
-            results.append({"path": "Redis", **get(f"{base}/latency?n={pings}"),
-                            **get(f"{base}/throughput?n={messages}")})
+            latency = get(f"{base}/latency?n={pings}")
+            by_role = roles([proc for proc, _base in hosts], redis_pid)
+            before = {role: sum(map(cpu_seconds, pids)) for role, pids in by_role.items()}
+            flow = get(f"{base}/throughput?n={messages}")
+            cpu_us = {role: (sum(map(cpu_seconds, pids)) - before[role]) / messages * 1e6
+                      for role, pids in by_role.items()}
+            results.append({"path": "Redis", **latency, **flow, "cpu_us": cpu_us})
         finally:
             for proc, _base in hosts:
                 stop(proc)
@@ -144,14 +164,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             redis_proc, url = start_redis(tmp)
             try:
+                cpu = []
                 for workers in args.workers or [1, 2]:
-                    for result in over_pipes_and_redis(workers, url, args.messages, args.pings):
+                    for result in over_pipes_and_redis(workers, url, args.messages, args.pings,
+                                                       redis_proc.pid):
                         print(f"| {workers} | {result['path']} | {result['receivers']} | "
                               f"{result['p50_ms']:.3f} ms | {result['p99_ms']:.3f} ms | "
                               f"{result['broadcasts_per_second']:,.0f} | "
                               f"{result['deliveries_per_second']:,.0f} |", flush=True)
+                        if "cpu_us" in result:
+                            cpu.append((workers, result["cpu_us"]))
             finally:
                 stop(redis_proc)
+        print("\nCPU time per broadcast through Redis, by process (us):\n")
+        print("| workers per host | " + " | ".join(cpu[0][1]) + " |")
+        print("|---:|" + "---:|" * len(cpu[0][1]))
+        for workers, by_role in cpu:
+            print(f"| {workers} | " + " | ".join(f"{us:.1f}" for us in by_role.values()) + " |")
         return
     args.workers = args.workers or [2, 4, 8]
     print("| workers | round trip p50 | p99 | max | broadcasts/s | deliveries/s |")
