@@ -87,16 +87,16 @@ class WorkerMessenger:
             raise wire.BrokerBufferFull(
                 "the broker is unreachable and --broker-buffer broadcasts wait already: this "
                 "one is refused, not sent")
-        self._send(wire.encode(wire.Broadcast(topic, self._sign(signing.BROADCAST, topic, payload),
-                                              include_self)))
+        self._send_signed(signing.BROADCAST, topic, payload,
+                          lambda signed: wire.Broadcast(topic, signed, include_self))
 
     def gather(self, topic: str, payload: bytes, timeout: float) -> list[wire.Answer]:
-        payload = self._sign(signing.ASK, topic, payload)
         request_id = next(self._request_ids)
         future: Future[list[wire.Answer]] = Future()
         self._waiting[request_id] = future
         try:
-            self._send(wire.encode(wire.Gather(request_id, topic, payload, timeout)))
+            self._send_signed(signing.ASK, topic, payload,
+                              lambda signed: wire.Gather(request_id, topic, signed, timeout))
             deadline = time.monotonic() + timeout + REPLY_GRACE
             if threading.get_ident() == self._loop_thread:
                 while not future.done():
@@ -110,6 +110,13 @@ class WorkerMessenger:
             self._waiting.pop(request_id, None)
 
     # -- signing ------------------------------------------------------------------------------
+
+    def _send_signed(self, purpose: bytes, topic: str, payload: bytes,
+                     message: Callable[[bytes], wire.Message]) -> None:
+        # Stamped and sent under one lock: with --threads, stamps leave in the order of their
+        # counters, and a receiver refuses a counter that goes back as a copy.
+        with self._send_lock:
+            self._send(wire.encode(message(self._sign(purpose, topic, payload))))
 
     def _sign(self, purpose: bytes, topic: str, payload: bytes) -> bytes:
         if self.signing_key is None:
