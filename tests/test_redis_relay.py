@@ -43,7 +43,7 @@ def test_the_links_outbox_keeps_order_until_redis_took_it() -> None:
 def test_unconfirmed_entries_are_kept_until_confirmed_and_full_is_raised_and_lowered() -> None:
     changes: list[bool] = []
     unconfirmed = Unconfirmed(limit=2, on_full=changes.append)
-    assert [unconfirmed.add({b"p": b"%d" % i}) for i in range(3)] == [1, 2, 3]
+    assert [unconfirmed.add(lambda n: {b"p": b"%d" % n})[0] for _ in range(3)] == [1, 2, 3]
     assert changes == [True]  # at the bound, and the one sent meanwhile is kept, not dropped
     unconfirmed.confirmed(1)
     assert [number for number, _fields in unconfirmed] == [2, 3]
@@ -95,9 +95,12 @@ def test_passwords_stay_out_of_logs() -> None:
 
 
 def test_what_the_masters_write_reads_back() -> None:
-    fields = {b"h": b"host-a", b"n": b"7", **entries.broadcast_fields("t", b"data", 42)}
-    assert entries.parse_entry(fields) == entries.Entry(b"host-a", 7, "t", b"data", 42, None, 0.0)
-    question = {b"h": b"host-a", b"n": b"8", **entries.question_fields(3, "q", b"?", 1.5)}
+    fields = entries.broadcast_fields(b"host-a", 7, "a topic", b"data", 42)
+    assert entries.parse_entry(fields) == entries.Entry(b"host-a", 7, "a topic", b"data", 42,
+                                                        None, 0.0)
+    assert entries.parse_entry(entries.broadcast_fields(b"h", 1, "", b"", None)) == \
+        entries.Entry(b"h", 1, "", b"", None, None, 0.0)
+    question = entries.question_fields(b"host-a", 8, 3, "q", b"?", 1.5)
     assert entries.parse_entry(question) == entries.Entry(b"host-a", 8, "q", b"?", None, 3, 1.5)
     answers = [(0, 10, "ok", b"x", ""), (1, 0, "missing", None, ""), (2, 12, "error", b"", "")]
     assert entries.parse_answers(entries.pack_answers(answers), "b") == [  # type: ignore[arg-type]
@@ -106,11 +109,10 @@ def test_what_the_masters_write_reads_back() -> None:
 
 
 @pytest.mark.parametrize("fields", [
-    {}, {b"h": b"x", b"n": b"one", b"t": b"t", b"p": b""},
-    {b"h": b"x", b"n": b"1", b"t": b"\xff", b"p": b""},
-    {b"h": b"x", b"n": b"1", b"t": b"t", b"p": b"", b"k": b"pid"},
-    {b"h": b"x", b"n": b"1", b"t": b"t", b"p": b"", b"g": b"1", b"d": b"nan"},
-    {b"h": b"x", b"n": b"1", b"t": b"t", b"p": b"", b"g": b"1"},
+    {}, {b"m": b"b x 1 - t"}, {b"p": b""}, {b"m": b"b x one - t", b"p": b""},
+    {b"m": b"b x 1 - \xff", b"p": b""}, {b"m": b"b x 1 pid t", b"p": b""},
+    {b"m": b"b x 1 -", b"p": b""}, {b"m": b"q x 1 1 nan t", b"p": b""},
+    {b"m": b"q x 1 1 t", b"p": b""}, {b"m": b"z x 1 - t", b"p": b""}, {b"m": b"b", b"p": b""},
 ])
 def test_an_entry_no_master_wrote_is_none_not_an_exception(fields: dict[bytes, bytes]) -> None:
     assert entries.parse_entry(fields) is None

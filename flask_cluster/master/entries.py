@@ -33,27 +33,40 @@ class Entry(NamedTuple):
     deadline: float  # of a question, in time.time() seconds
 
 
-def broadcast_fields(topic: str, payload: bytes, skip: int | None) -> Fields:
-    return {b"t": topic.encode(), b"p": payload, b"k": b"" if skip is None else b"%d" % skip}
+# Two fields an entry, the envelope in one line of text and the payload: redis-py packs and
+# parses each field in Python, and that is most of what a broadcast costs the broker link.
+# A broadcast: b"b HOST NUMBER SKIP TOPIC" (SKIP "-" for none); a gather's question:
+# b"q HOST NUMBER GATHER_ID DEADLINE TOPIC". The topic is last: it may hold spaces.
 
 
-def question_fields(gather_id: int, topic: str, payload: bytes, deadline: float) -> Fields:
-    return {b"t": topic.encode(), b"p": payload, b"g": b"%d" % gather_id,
-            b"d": repr(deadline).encode()}
+def broadcast_fields(host: bytes, number: int, topic: str, payload: bytes,
+                     skip: int | None) -> Fields:
+    skipped = b"-" if skip is None else b"%d" % skip
+    return {b"m": b"b %s %d %s %s" % (host, number, skipped, topic.encode()), b"p": payload}
+
+
+def question_fields(host: bytes, number: int, gather_id: int, topic: str, payload: bytes,
+                    deadline: float) -> Fields:
+    return {b"m": b"q %s %d %d %s %s" % (host, number, gather_id, repr(deadline).encode(),
+                                         topic.encode()), b"p": payload}
 
 
 def parse_entry(fields: Fields) -> Entry | None:
     try:
-        gather = fields.get(b"g")
-        skip = fields.get(b"k")
-        deadline = float(fields[b"d"]) if gather is not None else 0.0
-        if not math.isfinite(deadline):
-            return None
-        return Entry(fields[b"h"], int(fields[b"n"]), fields[b"t"].decode(), fields[b"p"],
-                     int(skip) if skip else None, int(gather) if gather is not None else None,
-                     deadline)
-    except (KeyError, ValueError):  # UnicodeDecodeError is a ValueError
+        kind, rest = fields[b"m"].split(b" ", 1)
+        if kind == b"b":
+            host, number, skip, topic = rest.split(b" ", 3)
+            return Entry(host, int(number), topic.decode(), fields[b"p"],
+                         None if skip == b"-" else int(skip), None, 0.0)
+        if kind == b"q":
+            host, number, gather_id, deadline, topic = rest.split(b" ", 4)
+            if not math.isfinite(float(deadline)):
+                return None
+            return Entry(host, int(number), topic.decode(), fields[b"p"], None, int(gather_id),
+                         float(deadline))
+    except (KeyError, ValueError):  # a missing field, too few words, not a number, not UTF-8
         return None
+    return None
 
 
 def pack_answers(answers: list[wire.WireAnswer]) -> bytes:

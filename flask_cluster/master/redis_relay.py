@@ -77,11 +77,13 @@ class Unconfirmed:
         self._on_full = on_full
         self.full = False
 
-    def add(self, fields: Fields) -> int:
+    def add(self, entry: Callable[[int], Fields]) -> tuple[int, Fields]:
+        """Number the next entry, ``entry(number)``, and keep it until confirmed."""
         self.number += 1
+        fields = entry(self.number)
         self._entries.append((self.number, fields))
         self._check()
-        return self.number
+        return self.number, fields
 
     def confirmed(self, number: int) -> None:
         while self._entries and self._entries[0][0] <= number:
@@ -228,7 +230,8 @@ class RedisRelay:
     # -- the hub's side -----------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, skip: int | None) -> None:
-        self._append(entries.broadcast_fields(topic, payload, skip))
+        self._append(lambda number: entries.broadcast_fields(self._host, number, topic, payload,
+                                                             skip))
 
     def bind(self, asked: Asked, answered: Answered) -> None:
         self._asked, self._answered = asked, answered
@@ -244,16 +247,16 @@ class RedisRelay:
         return hosts
 
     def ask(self, gather_id: int, topic: str, payload: bytes, deadline: float) -> None:
-        self._append(entries.question_fields(gather_id, topic, payload, deadline))
+        self._append(lambda number: entries.question_fields(self._host, number, gather_id, topic,
+                                                            payload, deadline))
 
     def answer(self, host: str, gather_id: int, answers: list[wire.WireAnswer]) -> None:
         self._send(("r", host, {b"h": self._host, b"g": b"%d" % gather_id,
                                 b"a": entries.pack_answers(answers)}))
 
-    def _append(self, fields: Fields) -> None:
-        fields[b"h"] = self._host
-        fields[b"n"] = b"%d" % self.unconfirmed.add(fields)
-        self._send(("p", self.unconfirmed.number, fields))
+    def _append(self, entry: Callable[[int], Fields]) -> None:
+        number, fields = self.unconfirmed.add(entry)
+        self._send(("p", number, fields))
 
     def _deliver_entries(self, read: list[tuple[bytes, Fields]]) -> None:
         for entry_id, fields in read:

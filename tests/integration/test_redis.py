@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from flask_cluster import signing
+from flask_cluster.master import entries
 from flask_cluster.master.broker_link import stream_key
 from tests.conftest import ClusterProcess, StartCluster, wait_until
 
@@ -143,9 +144,9 @@ def test_entries_unsigned_or_signed_with_another_key_run_no_handler(
     for number, payload in enumerate([
             forged, signing.sign(b"another key", signing.BROADCAST, "number", forged, stamp),
             b"short"], start=1):
-        client.xadd(stream_key("forged"), {"h": "intruder", "n": number, "t": "number",
-                                           "p": payload, "k": ""})
-    for malformed in ({"garbage": "1"}, {"h": "intruder", "n": "four", "t": "number", "p": ""}):
+        client.xadd(stream_key("forged"),
+                    entries.broadcast_fields(b"intruder", number, "number", payload, None))
+    for malformed in ({"garbage": "1"}, {"m": "b intruder four - number", "p": ""}):
         client.xadd(stream_key("forged"), malformed)  # type: ignore[arg-type]
 
     cluster.get_json("/broadcast/number?n=1", "POST")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flask_cluster.master import entries
 from flask_cluster.master.broker_link import host_key, hosts_key, stream_key
 from tests.conftest import ClusterProcess, StartCluster, wait_until
 from tests.integration.test_redis import APP, RedisServer, pytestmark, redis_server, wait_for_states
@@ -93,10 +94,11 @@ def test_a_signed_entry_copied_back_into_the_stream_runs_no_handler(
     wait_for_states(one, lambda state: state["numbers"] == [0], 30, workers=4)
 
     client = server.client()
-    [(_id, original)] = [entry for entry in client.xrange(stream_key("hosts"))
-                         if entry[1][b"t"] == b"number"]
+    [original] = [entry for _id, fields in client.xrange(stream_key("hosts"))
+                  if (entry := entries.parse_entry(fields)) and entry.topic == "number"]
     for copy in (1, 2):  # as a new host's entry: the masters' own numbering lets it through
-        client.xadd(stream_key("hosts"), {**original, b"h": b"replayer-%d" % copy, b"n": b"1"})
+        client.xadd(stream_key("hosts"), entries.broadcast_fields(
+            b"replayer-%d" % copy, 1, original.topic, original.payload, None))
     two.get_json("/broadcast/number?n=2", "POST")  # 0 and 1, after the copies in the stream
 
     states = wait_for_states(one, lambda state: len(state["numbers"]) >= 3, 30, workers=4)
