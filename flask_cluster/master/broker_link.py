@@ -40,6 +40,7 @@ from .. import ipc
 from ..logs import configure
 from ..proctitle import set_title
 from ..wakeup import Wakeup
+from .entries import Fields
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -53,7 +54,6 @@ HOST_TTL = 5  # seconds a host's key outlives its last refresh
 INBOX_LEN = 1000  # answers kept in a host's inbox stream
 INBOX_TTL = 600  # seconds an inbox outlives its last answer (its host may be gone for good)
 RETRY_FIRST, RETRY_CAP = 0.05, 2.0  # seconds between reconnection attempts, doubling
-Fields = dict[bytes, bytes]
 
 
 def stream_key(cluster_name: str) -> str:

@@ -37,11 +37,11 @@ from ..config import Config
 from . import entries
 from .backoff import Backoff
 from .broker_link import CHANNEL_FD, redact, stream_key
+from .entries import Fields
 from .hub import Answered, Asked, Deliver
 
 log = logging.getLogger("flask_cluster.master")
 
-Fields = dict[bytes, bytes]
 STEADY = 10.0  # seconds a link must live before its restart delay starts over
 RESTART_CAP = 5.0  # seconds, at most, between a link's death and the next one's start
 
