@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,3 +150,32 @@ def test_an_answer_signed_with_another_key_is_an_error_not_unpickled(
     assert messenger._answer((0, 10, wire.OK, good, "b")) == wire.Answer(0, 10, wire.OK, "fine", "b")
     assert messenger._answer((1, 11, wire.OK, forged, "b")) == wire.Answer(
         1, 11, wire.ERROR, "reply dropped: its signature is missing or wrong", "b")
+
+
+def test_with_threads_broadcasts_leave_in_the_order_of_their_stamps(
+        signed: tuple[ipc.MessageChannel, WorkerMessenger, list[bool]]) -> None:
+    master, messenger, _full = signed
+    stamped, b_sent = threading.Event(), threading.Event()
+    stamp = messenger._stamper.next
+
+    def stamp_then_stall(purpose: bytes) -> signing.Stamp:
+        result = stamp(purpose)
+        if result.counter == 1:  # thread A holds stamp 1 and has not sent it yet
+            stamped.set()
+            assert not b_sent.wait(0.5), "B's broadcast overtook A's: its stamp would be 2 first"
+        return result
+
+    messenger._stamper.next = stamp_then_stall  # type: ignore[method-assign]
+    a = threading.Thread(target=messenger.broadcast, args=("t", wire.pack("a"), True))
+    a.start()
+    assert stamped.wait(5)
+    b = threading.Thread(target=lambda: (messenger.broadcast("t", wire.pack("b"), True),
+                                         b_sent.set()))
+    b.start()
+    a.join(5)
+    b.join(5)
+
+    sent = [wire.decode(frame) for frame in master.receive()]
+    counters = [signing.verify(KEY, signing.BROADCAST, "t", message.payload)[0].counter  # type: ignore[index, union-attr]
+                for message in sent]
+    assert counters == [1, 2]
