@@ -32,9 +32,8 @@ def test_a_gap_in_a_hosts_numbers_counts_as_missed() -> None:
 
 def test_the_links_outbox_keeps_order_until_redis_took_it() -> None:
     outbox = Outbox()
-    outbox.put("s", {b"p": b"1"}, 1)
-    outbox.put("inbox", {b"p": b"r"}, 0)
-    outbox.put("s", {b"p": b"2"}, 2)
+    outbox.put([("s", {b"p": b"1"}, 1), ("inbox", {b"p": b"r"}, 0)])
+    outbox.put([("s", {b"p": b"2"}, 2)])
     assert [number for _stream, _fields, number in outbox.peek(2, 0)] == [1, 0]
     outbox.sent(2)
     assert [number for _stream, _fields, number in outbox.peek(10, 0)] == [2]

@@ -102,9 +102,9 @@ class Outbox:
         self._entries: deque[tuple[str, Fields, int]] = deque()
         self._ready = threading.Condition()
 
-    def put(self, stream: str, fields: Fields, number: int) -> None:
-        with self._ready:
-            self._entries.append((stream, fields, number))
+    def put(self, entries: list[tuple[str, Fields, int]]) -> None:
+        with self._ready:  # one wake-up for all that one read from the master brought
+            self._entries.extend(entries)
             self._ready.notify()
 
     def peek(self, count: int, timeout: float) -> list[tuple[str, Fields, int]]:
@@ -166,8 +166,7 @@ class Link:
             while True:
                 selector.select(STATUS_EVERY)
                 try:
-                    for frame in self.channel.receive():
-                        self.take(marshal.loads(frame))
+                    self.take(self.channel.receive())
                     now = time.monotonic()
                     if now >= next_status:
                         next_status = now + STATUS_EVERY
@@ -191,16 +190,22 @@ class Link:
             finally:
                 client.close()
 
-    def take(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "p":
-            _kind, number, fields = message
-            self.outbox.put(self.stream, fields, number)
-        elif kind == "r":
-            _kind, host, fields = message
-            self.outbox.put(inbox_key(self.cluster_name, host), fields, 0)
-        else:
-            self.announcement = message[1]
+    def take(self, frames: list[bytes]) -> None:
+        """What the master sent: entries for Redis, and the announcement of this host."""
+        entries = []
+        for frame in frames:
+            message = marshal.loads(frame)
+            kind = message[0]
+            if kind == "p":
+                _kind, number, fields = message
+                entries.append((self.stream, fields, number))
+            elif kind == "r":
+                _kind, host, fields = message
+                entries.append((inbox_key(self.cluster_name, host), fields, 0))
+            else:
+                self.announcement = message[1]
+        if entries:
+            self.outbox.put(entries)
 
     def _forward(self, told: int) -> int:
         """Send the master what the threads read and confirmed since; returns what is confirmed."""
@@ -324,8 +329,7 @@ def main() -> None:
     configure(settings["log_level"], settings["log_format"])
     set_title(f"flask-cluster broker link [{settings['cluster_name']}]")
     link = Link(channel, settings)
-    for frame in frames[1:]:
-        link.take(marshal.loads(frame))
+    link.take(frames[1:])
     link.run()
 
 
