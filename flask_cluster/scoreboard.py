@@ -23,9 +23,10 @@ PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIO
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for
+BROKER_FULL = 1  # header word: 1 while the master holds --broker-buffer unsent broadcasts
 # Header word: connections the master holds because no worker has room (master/choice.py);
 # while it is not 0 a worker says wire.Free the moment it is free.
-HOLDING = WORKER_COUNT + 1
+HOLDING = BROKER_FULL + 1
 
 
 def now_ms() -> int:
@@ -64,6 +65,14 @@ class Scoreboard:
     @worker_count.setter
     def worker_count(self, count: int) -> None:
         self.words[WORKER_COUNT] = count
+
+    @property
+    def broker_full(self) -> bool:
+        return self.words[BROKER_FULL] != 0
+
+    @broker_full.setter
+    def broker_full(self, full: bool) -> None:
+        self.words[BROKER_FULL] = int(full)
 
     @property
     def holding(self) -> int:
