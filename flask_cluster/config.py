@@ -140,11 +140,15 @@ class Config:
         None, "Separates apps that share one broker: one stream per name (default: the app's "
         "import name).")
     broker_buffer: int = setting(
-        10000, "Broadcasts held in order while the broker is unreachable; more are dropped, "
-        "logged and counted.", type=click.IntRange(1))
+        10000, "Broadcasts held in order while the broker is unreachable; past it, broadcast() "
+        "raises BrokerBufferFull.", type=click.IntRange(1))
     broker_stream_len: int = setting(
         100000, "Broadcasts the broker keeps (MAXLEN ~): a host away for longer misses the "
         "oldest and logs how many.", type=click.IntRange(100))
+    queue_depth: int = setting(
+        0, "With --threads 1 (round-robin, least-busy): connections passed to a worker that is "
+        "serving while none is free; the master holds the rest until one is (0: only ever to a "
+        "free worker).", type=click.IntRange(0))
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

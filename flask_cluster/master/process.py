@@ -88,6 +88,7 @@ class Master:
             wire.Ready: self._ready,
             wire.BootFailed: self._boot_failed,
             wire.Retire: self._served_max_requests,
+            wire.Free: self._worker_free,
         }
         self.exit: Exit | None = None  # why the master gives up, if it does
         self._announced = False  # the "serving" line is printed when the first worker is ready
@@ -114,7 +115,9 @@ class Master:
         if self._master_accepts:
             self.dispatcher = Dispatcher(listener, self.selector, config.balance,
                                          lambda: self.health.responsive_first(self._live), self._lost,
-                                         serving_blocks=config.threads == 1)
+                                         serving_blocks=config.threads == 1,
+                                         queue_depth=config.queue_depth,
+                                         on_holding=self._holding)
             self.dispatcher.start()
         target = self.roster.target
         self.scoreboard.worker_count = target
@@ -132,7 +135,11 @@ class Master:
     def _open_broker(self, deliver: Deliver) -> RedisRelay:
         from .redis_relay import open_relay  # redis-py is an extra: imported only when asked for
 
-        self.broker = open_relay(deliver, self.config, self.app_name, self.selector)
+        def on_full(full: bool) -> None:
+            self.scoreboard.broker_full = full
+
+        self.broker = open_relay(deliver, self.config, self.app_name, self.selector, on_full,
+                                 lambda: [handle.worker_id for handle in self._live])
         return self.broker
 
     @property
@@ -172,6 +179,8 @@ class Master:
                 if handle.untaken and handle.reclaim is not None:
                     self.dispatcher.take_back(handle, handle.reclaim, alive=True)
         self._perform(self.roster.tick(now))
+        if self.broker is not None:
+            self.broker.tick(now)
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
             self.reload()
@@ -269,6 +278,14 @@ class Master:
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:
         self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic()))
 
+    def _holding(self, count: int) -> None:
+        self.scoreboard.holding = count
+
+    def _worker_free(self, handle: WorkerHandle, _message: wire.Free) -> None:
+        """A worker has room: connections held for one go out now."""
+        if self.dispatcher is not None:
+            self.dispatcher.worker_free(handle)
+
     def _lost(self, target: Any) -> None:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
         self._perform(self.roster.lost(target.pid))
@@ -337,16 +354,19 @@ class Master:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
         if self.broker is not None:
             # The workers check every broadcast's signature and the master has no key to sign
-            # with: an unsigned one would be dropped on every host.
-            raise ValueError("cluster-ctl broadcast is not available with --broker: the master "
-                             "holds no signing key; broadcast from a view instead")
+            # with: a worker signs it and broadcasts it to every host.
+            live = self._live
+            if not live:
+                raise ValueError("no worker is serving to sign the broadcast: try again")
+            self.channels.send(live[0], wire.encode(wire.Publish(topic, wire.pack(data))))
+            return len(live)
         return self.hub.publish(topic, wire.pack(data))
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         master = {"pid": self.pid, "app": self.app_name, "address": self.address,
                   "balance": self.config.balance, "threads": self.config.threads,
-                  "uptime": round(now - self.started, 1)}
+                  "uptime": round(now - self.started, 1), "holding": self.scoreboard.holding}
         if self.broker is not None:
             master["broker"] = self.broker.status()
         return cluster_status(master, self.roster, self.workers, self.scoreboard, now)
