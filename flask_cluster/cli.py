@@ -18,6 +18,7 @@ from .config import Config, Port, click_options, option_name
 from .listeners import ListenError
 from .logs import configure as configure_logging
 from .master.control import ControlError, control_path, request
+from .master.metrics_server import MetricsError
 from .master.pidfile import PidFileError
 from .master.process import Master
 from .master.registry import running
@@ -46,6 +47,9 @@ def _validate(config: Config) -> None:
         if importlib.util.find_spec("redis") is None:
             raise click.BadParameter("needs redis-py: pip install 'flask-cluster[redis]'",
                                      param_hint=option_name("broker"))
+    if config.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise click.BadParameter("needs prometheus-client: pip install 'flask-cluster[metrics]'",
+                                 param_hint=option_name("metrics"))
     try:
         check_format(config.access_log_format)
     except AccessLogFormatError as exc:
@@ -65,7 +69,7 @@ def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     try:
         code = Master(config, info.load_app, app_name, run_worker).run()
-    except (ListenError, TLSConfigError, ControlError, PidFileError) as exc:
+    except (ListenError, TLSConfigError, ControlError, PidFileError, MetricsError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 

@@ -12,6 +12,8 @@ import mmap
 import time
 from collections.abc import Collection
 
+from .request_counters import COUNTER_WORDS
+
 FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms", "rss_kib", "received",
           "connections", "hand_back")
 PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIONS, HAND_BACK = \
@@ -22,6 +24,8 @@ PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIO
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for
+# After the slots, one block of COUNTER_WORDS per slot: the request counters of --metrics
+# (request_counters.py), kept apart so the slots' own layout never moves for them.
 
 
 def now_ms() -> int:
@@ -32,16 +36,27 @@ def now_ms() -> int:
 class Scoreboard:
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._map = mmap.mmap(-1, 8 * (HEADER_WORDS + slots * SLOT_WORDS))
+        self._map = mmap.mmap(-1, 8 * (HEADER_WORDS + slots * (SLOT_WORDS + COUNTER_WORDS)))
         self.words = memoryview(self._map).cast("q")
 
     def base(self, slot: int) -> int:
         return HEADER_WORDS + slot * SLOT_WORDS
 
+    def counters_base(self, slot: int) -> int:
+        """Where ``slot``'s request counters start (offsets in request_counters.py)."""
+        return HEADER_WORDS + self.slots * SLOT_WORDS + slot * COUNTER_WORDS
+
+    def counters(self, slot: int) -> list[int]:
+        base = self.counters_base(slot)
+        return self.words[base:base + COUNTER_WORDS].tolist()
+
     def reset(self, slot: int, pid: int) -> None:
         base = self.base(slot)
         for offset in range(SLOT_WORDS):
             self.words[base + offset] = 0
+        counters = self.counters_base(slot)
+        for offset in range(COUNTER_WORDS):
+            self.words[counters + offset] = 0
         now = now_ms()
         self.words[base + PID] = pid
         self.words[base + HEARTBEAT_MS] = now

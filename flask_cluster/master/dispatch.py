@@ -15,7 +15,7 @@ import os
 import selectors
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -194,6 +194,7 @@ class Dispatcher:
         self.accepting = False
         self.stopped = False
         self.resting_until = 0.0  # monotonic time the listener rests until (ACCEPT_WINDOW)
+        self.counts: Counter[str] = Counter()  # accepted, handed_off, taken_back (--metrics)
 
     @property
     def paused(self) -> bool:
@@ -274,6 +275,7 @@ class Dispatcher:
         ready worker as if just accepted; its client sees no close. While the cluster stops,
         only what a worker can still take is passed on; the rest is closed."""
         items = [Accepted(fd, peer) for fd, peer in passed]
+        self.counts["taken_back"] += len(items)
         if not self.stopped:
             self._dispatch(items, [target for target in self.live() if target is not worker])
             return
@@ -305,6 +307,7 @@ class Dispatcher:
             self._accept_more(False)  # retry() resumes after RETRY_AFTER
         if not batch:
             return
+        self.counts["accepted"] += len(batch)
         # Every worker still has connections it has not taken: these could not be served
         # sooner anyway, so the listener may rest (never when a worker is waiting for work:
         # that would only add latency).
@@ -334,6 +337,7 @@ class Dispatcher:
             assigned[worker_id] = assigned.get(worker_id, 0) + 1
         for order, items in shares.values():
             if hand_off(items, order, self.on_gone):
+                self.counts["handed_off"] += len(items)
                 for item in items:
                     os.close(item.fd)
             else:
@@ -351,6 +355,7 @@ class Dispatcher:
             item = self.waiting[0]
             if not hand_off([item], self.chooser.order(self.live()), self.on_gone):
                 break
+            self.counts["handed_off"] += 1
             self.waiting.popleft()
             os.close(item.fd)
         if not self.waiting and not self.stopped and time.monotonic() >= self.resting_until:

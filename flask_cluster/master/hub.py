@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -77,6 +78,7 @@ class Hub:
         self._relay = relay(self._deliver)
         self._gather_ids = itertools.count(1)
         self._gathers: dict[int, _Gather] = {}
+        self.counts: Counter[str] = Counter()  # broadcasts, gathers, gather_timeouts (--metrics)
         self._handlers: dict[type[wire.Message], Callable[[Any, Any], None]] = {
             wire.Broadcast: self._broadcast,
             wire.Gather: self._gather,
@@ -94,6 +96,7 @@ class Hub:
     def publish(self, topic: str, payload: bytes) -> int:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many get it."""
         receivers = len(self._live())
+        self.counts["broadcasts"] += 1
         self._relay.publish(topic, payload, None)
         return receivers
 
@@ -109,6 +112,7 @@ class Hub:
     def expire(self, now: float) -> None:
         for gather_id, pending in list(self._gathers.items()):
             if now >= pending.deadline:
+                self.counts["gather_timeouts"] += 1
                 self._finish(gather_id)
 
     @property
@@ -122,6 +126,7 @@ class Hub:
     # -- handlers -----------------------------------------------------------------------------
 
     def _broadcast(self, sender: Peer, message: wire.Broadcast) -> None:
+        self.counts["broadcasts"] += 1
         self._relay.publish(message.topic, message.payload,
                             None if message.include_self else sender.pid)
 
@@ -133,6 +138,7 @@ class Hub:
 
     def _gather(self, sender: Peer, message: wire.Gather) -> None:
         gather_id = next(self._gather_ids)
+        self.counts["gathers"] += 1
         peers = self._live()
         self._gathers[gather_id] = _Gather(sender, message.request_id,
                                            time.monotonic() + message.timeout,

@@ -33,6 +33,7 @@ from .dispatch import Dispatcher
 from .endpoints import Endpoints, open_endpoints
 from .health import Health
 from .hub import Deliver, Hub, LocalRelay
+from .recent import RecentWindow
 from .roster import Roster
 from .signals import SignalQueue, meaning
 from .source_watch import SourceWatcher
@@ -41,6 +42,7 @@ from .status import cluster_status
 from .worker_handle import WorkerHandle
 
 if TYPE_CHECKING:
+    from .metrics import ClusterMetrics
     from .redis_relay import RedisRelay
 
 log = logging.getLogger("flask_cluster.master")
@@ -65,6 +67,8 @@ class Master:
                              max_memory_mib=config.max_memory,
                              max_workers=self.scoreboard.slots // 2)
         self.health = Health(config, self.scoreboard, self.roster)
+        self.recent = RecentWindow(self.scoreboard)  # cluster-ctl top's last 10 seconds
+        self.metrics: ClusterMetrics | None = None  # --metrics
         self.selector = selectors.DefaultSelector()
         self.signals = SignalQueue()
         self._next_housekeeping = 0.0
@@ -108,6 +112,8 @@ class Master:
         self.endpoints = open_endpoints(config, self.app_name, self, self.selector,
                                         tls=self.tls is not None)
         listener = self.endpoints.listener
+        if config.metrics:
+            self._serve_metrics(config.metrics)
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                listener, self.pid, self.run_worker)
@@ -128,6 +134,20 @@ class Master:
             log.error("%s", self.exit.reason)
             return self.exit.code
         return EXIT_CLEAN
+
+    def _serve_metrics(self, address: str) -> None:
+        """Before the first fork: the workers inherit the app metrics directory."""
+        from .metrics import ClusterMetrics  # prometheus_client is an extra
+
+        assert self.endpoints is not None
+        try:
+            self.metrics = ClusterMetrics(address, self.app_name, self.pid, self)
+            log.info("metrics on %s", self.metrics.serve(self.selector))
+        except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
+            self.endpoints.close(self.config)
+            raise
 
     def _open_broker(self, deliver: Deliver) -> RedisRelay:
         from .redis_relay import open_relay  # redis-py is an extra: imported only when asked for
@@ -172,6 +192,9 @@ class Master:
                 if handle.untaken and handle.reclaim is not None:
                     self.dispatcher.take_back(handle, handle.reclaim, alive=True)
         self._perform(self.roster.tick(now))
+        self.recent.sample(now, ((handle.pid, handle.slot) for handle in self.workers.values()))
+        if self.metrics is not None:
+            self.metrics.expire(now)
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
             self.reload()
@@ -267,7 +290,8 @@ class Master:
         self.roster.boot_failed(handle.pid, message.reason)
 
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:
-        self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic()))
+        self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic(),
+                                          reason="max-requests"))
 
     def _lost(self, target: Any) -> None:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
@@ -282,6 +306,8 @@ class Master:
                 self._exited(handle, status)
 
     def _exited(self, handle: WorkerHandle, status: int) -> None:
+        if self.metrics is not None:  # first: its slot may be reused by what follows
+            self.metrics.worker_exited(handle)
         # A worker can send its boot failure and exit between our select and our waitpid.
         for message in self.channels.last_words(handle):
             if isinstance(message, wire.BootFailed):
@@ -349,7 +375,7 @@ class Master:
                   "uptime": round(now - self.started, 1)}
         if self.broker is not None:
             master["broker"] = self.broker.status()
-        return cluster_status(master, self.roster, self.workers, self.scoreboard, now)
+        return cluster_status(master, self.roster, self.workers, self.scoreboard, self.recent, now)
 
     # -- the end ---------------------------------------------------------------
 
@@ -363,4 +389,6 @@ class Master:
         self.signals.close()
         if self.broker is not None:
             self.broker.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.selector.close()

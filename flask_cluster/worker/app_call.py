@@ -14,6 +14,7 @@ from ..http.parser import Request
 from ..http.wsgi import FileWrapper, Response, WSGIApp, error_response
 from .access_log import AccessLog
 from .connection import Connection
+from .request_metrics import Recorder
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -23,6 +24,7 @@ class AppHost(Protocol):
 
     app: WSGIApp
     access_log: AccessLog | None
+    record: Recorder | None  # --metrics
     sendfile: bool  # os.sendfile may be used (not under TLS, which it would bypass)
 
     def on_request(self, delta: int) -> None:
@@ -35,6 +37,8 @@ def finish(host: AppHost, conn: Connection, response: Response, request: Request
     host.on_request(-1)
     request.body.close()  # a body past the spool threshold is a temporary file: free it now
     conn.http.response_done(response.keep_alive and request.keep_alive)
+    if host.record is not None:
+        host.record(environ, response)
     if host.access_log is not None:
         host.access_log.write(environ, response)
 

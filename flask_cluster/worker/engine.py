@@ -27,6 +27,7 @@ from .access_log import STARTED, AccessLog
 from .app_call import AppHost
 from .connection import Connection, TLSConnection
 from .inline import start_inline
+from .request_metrics import Recorder
 from .threaded import AppPool
 
 log = logging.getLogger("flask_cluster.worker")
@@ -45,7 +46,8 @@ class Engine:
                  on_connection: Callable[[int], None] = lambda delta: None,
                  tls: ssl.SSLContext | None = None,
                  header_timeout: float = 10.0, max_connections: int = 1000,
-                 trusted_proxies: frozenset[str] = frozenset()) -> None:
+                 trusted_proxies: frozenset[str] = frozenset(),
+                 record: Recorder | None = None) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
         self.header_timeout = header_timeout
@@ -56,6 +58,8 @@ class Engine:
         self.keep_alive = keep_alive
         self.base_environ = base_environ
         self.access_log = access_log
+        self.record = record  # --metrics: each answered request onto the scoreboard
+        self.timed = access_log is not None or record is not None  # they need STARTED
         self.on_request = on_request  # +1 when a request starts, -1 when it ends
         self.on_connection = on_connection  # +1 when a connection opens, -1 when it closes
         self.tls = tls
@@ -214,7 +218,7 @@ class Engine:
         if trusted and ("HTTP_X_FORWARDED_FOR" in environ or "HTTP_X_FORWARDED_PROTO" in environ) \
                 and (conn.remote_addr in trusted or "*" in trusted):
             apply_forwarded(environ)
-        if self.access_log is not None:
+        if self.timed:
             environ[STARTED] = time.perf_counter()
         return environ
 

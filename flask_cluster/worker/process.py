@@ -39,9 +39,11 @@ from ..scoreboard import (
 from ..tls import server_context
 from ..wakeup import Wakeup
 from .access_log import AccessLog
+from .app_metrics import use_multiprocess_values
 from .engine import Engine
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
+from .request_metrics import request_recorder
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -78,6 +80,8 @@ class Worker:
         set_title(f"flask-cluster worker {self.worker_id} [{self.app_name}]")
         self.memory = ResidentMemory()  # here: /proc/self is this process only after the fork
         self._install_signals()
+        if self.config.metrics:
+            use_multiprocess_values()  # before the app creates its metrics
         try:
             app = self.load_app()
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a bad app counts too
@@ -152,6 +156,7 @@ class Worker:
             header_timeout=config.header_timeout,
             max_connections=config.max_connections,
             trusted_proxies=parse_trusted(config.forwarded_allow_ips),
+            record=request_recorder(self.scoreboard, self.slot) if config.metrics else None,
         )
         engine.tick_callbacks.append(self._heartbeat)
         engine.on_stop_asked = lambda: self._stop(self.config.graceful_timeout)
