@@ -23,6 +23,7 @@ from .master.pidfile import PidFileError
 from .master.process import Master
 from .master.registry import running
 from .tls import TLSConfigError
+from .top import frame, live
 from .worker.access_log import AccessLogFormatError, check_format
 from .worker.process import run_worker
 
@@ -101,7 +102,7 @@ STATUS_COLUMNS = ("worker_id", "pid", "state", "uptime", "requests", "in_flight"
 @click.pass_context
 def cluster_ctl(ctx: click.Context, info: ScriptInfo, /, control_socket: str | None,
                 pid_file: str | None, uds: str | None, host: str, port: int) -> None:
-    """Control a running cluster: status, reload, scale, stop, broadcast."""
+    """Control a running cluster: status, top, reload, scale, stop, broadcast."""
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     path = control_path(explicit=control_socket, pid_file=pid_file, uds=uds,
                         app_name=app_name, host=host, port=port)
@@ -161,6 +162,17 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
     for row in rows:
         click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+@cluster_ctl.command("top")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
+@click.pass_context
+def ctl_top(ctx: click.Context, once: bool) -> None:
+    """Live view of the workers: req/s, p50/p99 over 10 s, in flight, memory, restarts."""
+    if once:
+        click.echo(frame(_send(ctx, {"command": "status"})), nl=False)
+        return
+    live(lambda: _send(ctx, {"command": "status"}))
 
 
 @cluster_ctl.command("reload")
