@@ -53,9 +53,9 @@ def main() -> None:
     options: dict[str, Any] = {}
     if sys.argv[4:] == ["metrics"]:  # the working tree only: older revisions have no recorder
         from flask_cluster.scoreboard import Scoreboard
-        from flask_cluster.worker.request_metrics import request_recorder
+        from flask_cluster.worker.request_metrics import request_metrics
 
-        options["record"] = request_recorder(Scoreboard(64), 0)
+        options["record"] = request_metrics(Scoreboard(64), 0).record
     engine = Engine(app, threads=1, keep_alive=60, limits=Limits(), base_environ=base,
                     access_log=None, on_request=lambda delta: None, **options)
     peer = ("127.0.0.1", "5555")

@@ -4,6 +4,7 @@ back, the 10-second window's quantiles, and the command line without the extra."
 from __future__ import annotations
 
 import importlib.util
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +20,7 @@ from flask_cluster.request_counters import (
     BODY_BYTES_OUT,
     BUCKETS,
     DURATION_BUCKETS,
+    DURATION_SUM_US,
     METHODS,
     STATUS_CLASSES,
     requests,
@@ -26,7 +28,7 @@ from flask_cluster.request_counters import (
 )
 from flask_cluster.scoreboard import REQUESTS, Scoreboard
 from flask_cluster.worker.access_log import STARTED
-from flask_cluster.worker.request_metrics import request_recorder
+from flask_cluster.worker.request_metrics import request_metrics
 
 
 def answered(status: int, body: bytes = b"") -> Any:
@@ -43,11 +45,14 @@ def environ(method: str, started: float, length: str | None = None) -> dict[str,
 
 def test_the_recorder_counts_by_status_class_and_method() -> None:
     board = Scoreboard(4)
-    record = request_recorder(board, 2)
-    record(environ("GET", 0.0), answered(200, b"hello"))
-    record(environ("POST", 0.0, "12"), answered(404))
-    record(environ("BREW", 0.0), answered(0))  # no status sent, an unknown method
-    record(environ("GET", 0.0, "no number"), answered(999))
+    record, flush = request_metrics(board, 2)
+    now = time.monotonic()
+    record(environ("GET", now - 0.003), answered(200, b"hello"))
+    record(environ("POST", now, "12"), answered(404))
+    record(environ("BREW", now), answered(0))  # no status sent, an unknown method
+    record(environ("GET", now - 20, "no number"), answered(999))
+    assert requests(board.counters(2)) == 0  # published on the heartbeat, not on the way
+    flush()
 
     counts = board.counters(2)
     assert counts[status_method_word(STATUS_CLASSES.index("2xx"), METHODS.index("GET"))] == 1
@@ -56,7 +61,12 @@ def test_the_recorder_counts_by_status_class_and_method() -> None:
     assert counts[status_method_word(STATUS_CLASSES.index("5xx"), METHODS.index("GET"))] == 1
     assert requests(counts) == 4
     assert counts[BODY_BYTES_IN] == 12 and counts[BODY_BYTES_OUT] == 5
-    assert sum(counts[DURATION_BUCKETS:DURATION_BUCKETS + len(BUCKETS) + 1]) == 4
+    histogram = counts[DURATION_BUCKETS:DURATION_BUCKETS + len(BUCKETS) + 1]
+    assert sum(histogram) == 4 and histogram[-1] == 1  # the 20 s one: past the last bound
+    assert histogram[BUCKETS.index(0.005)] == 1  # the 3 ms one
+    assert 20_003_000 <= counts[DURATION_SUM_US] < 21_000_000
+    flush()
+    assert board.counters(2) == counts  # nothing twice
     assert board.counters(1) == [0] * len(counts)  # its own slot only
 
 
@@ -65,15 +75,18 @@ def test_totals_keep_what_an_exited_worker_counted() -> None:
     totals = Totals(board)
     for slot in (0, 1):
         board.reset(slot, 100 + slot)
-        record = request_recorder(board, slot)
+        record, flush = request_metrics(board, slot)
         for _ in range(3 + slot):
             record(environ("GET", 0.0), answered(200))
+        flush()
     assert requests(totals.current([0, 1])) == 7
 
     totals.fold(0)  # worker in slot 0 exited; its slot goes to the next worker
     board.reset(0, 200)
     assert requests(totals.current([0, 1])) == 7
-    request_recorder(board, 0)(environ("GET", 0.0), answered(500))
+    record, flush = request_metrics(board, 0)
+    record(environ("GET", 0.0), answered(500))
+    flush()
     assert requests(totals.current([0, 1])) == 8
 
     totals.fold(1)  # and the other, with no successor in its slot yet

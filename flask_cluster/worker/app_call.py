@@ -14,7 +14,6 @@ from ..http.parser import Request
 from ..http.wsgi import FileWrapper, Response, WSGIApp, error_response
 from .access_log import AccessLog
 from .connection import Connection
-from .request_metrics import Recorder
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -24,7 +23,7 @@ class AppHost(Protocol):
 
     app: WSGIApp
     access_log: AccessLog | None
-    record: Recorder | None  # --metrics
+    record: Callable[[dict[str, Any], Response], None] | None  # --metrics
     sendfile: bool  # os.sendfile may be used (not under TLS, which it would bypass)
 
     def on_request(self, delta: int) -> None:

@@ -21,13 +21,12 @@ from typing import Any
 
 from ..http.errors import ServerFault, ShuttingDown
 from ..http.parser import Limits, Request
-from ..http.wsgi import WSGIApp, apply_forwarded, build_environ, error_response
+from ..http.wsgi import Response, WSGIApp, apply_forwarded, build_environ, error_response
 from ..listeners import accept_batch, no_delay
 from .access_log import STARTED, AccessLog
 from .app_call import AppHost
 from .connection import Connection, TLSConnection
 from .inline import start_inline
-from .request_metrics import Recorder
 from .threaded import AppPool
 
 log = logging.getLogger("flask_cluster.worker")
@@ -47,7 +46,7 @@ class Engine:
                  tls: ssl.SSLContext | None = None,
                  header_timeout: float = 10.0, max_connections: int = 1000,
                  trusted_proxies: frozenset[str] = frozenset(),
-                 record: Recorder | None = None) -> None:
+                 record: Callable[[dict[str, Any], Response], None] | None = None) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
         self.header_timeout = header_timeout
@@ -219,7 +218,7 @@ class Engine:
                 and (conn.remote_addr in trusted or "*" in trusted):
             apply_forwarded(environ)
         if self.timed:
-            environ[STARTED] = time.perf_counter()
+            environ[STARTED] = conn.last_active  # when the request was read: no clock call
         return environ
 
     def start(self, conn: Connection, request: Request) -> None:

@@ -43,7 +43,7 @@ from .app_metrics import use_multiprocess_values
 from .engine import Engine
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
-from .request_metrics import request_recorder
+from .request_metrics import RequestMetrics, request_metrics
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -67,6 +67,7 @@ class Worker:
         self.server_address = spec.server_address
         self.master_pid = spec.master_pid
         self.engine: Engine | None = None
+        self.metrics: RequestMetrics | None = None  # --metrics
         self.channel = ipc.MessageChannel(spec.sockets.messages)
         self._signals: Wakeup | None = None
         self._retiring = False
@@ -111,6 +112,8 @@ class Worker:
             return EXIT_OK  # the master is gone already
         engine.run()
         engine.close()
+        if self.metrics is not None:
+            self.metrics.flush()
         if extension is not None:
             with app.app_context():
                 extension.run_stop_hooks()
@@ -121,6 +124,7 @@ class Worker:
         words = self.scoreboard.words
         base = self.scoreboard.base(self.slot)
         requests_index, in_flight_index = base + REQUESTS, base + IN_FLIGHT
+        self.metrics = request_metrics(self.scoreboard, self.slot) if config.metrics else None
         max_requests = 0
         if config.max_requests:
             max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -156,7 +160,7 @@ class Worker:
             header_timeout=config.header_timeout,
             max_connections=config.max_connections,
             trusted_proxies=parse_trusted(config.forwarded_allow_ips),
-            record=request_recorder(self.scoreboard, self.slot) if config.metrics else None,
+            record=self.metrics.record if self.metrics is not None else None,
         )
         engine.tick_callbacks.append(self._heartbeat)
         engine.on_stop_asked = lambda: self._stop(self.config.graceful_timeout)
@@ -218,6 +222,8 @@ class Worker:
         else:
             self.scoreboard.set(self.slot, HEARTBEAT_MS, now_ms())
         self.scoreboard.set(self.slot, RSS_KIB, self.memory.kib())
+        if self.metrics is not None:
+            self.metrics.flush()
         if os.getppid() != self.master_pid:
             self._master_gone()
 
