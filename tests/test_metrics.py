@@ -27,7 +27,6 @@ from flask_cluster.request_counters import (
     status_method_word,
 )
 from flask_cluster.scoreboard import REQUESTS, Scoreboard
-from flask_cluster.worker.access_log import STARTED
 from flask_cluster.worker.request_metrics import request_metrics
 
 
@@ -36,8 +35,8 @@ def answered(status: int, body: bytes = b"") -> Any:
     return SimpleNamespace(status_code=status, body_bytes=len(body))
 
 
-def environ(method: str, started: float, length: str | None = None) -> dict[str, Any]:
-    env: dict[str, Any] = {"REQUEST_METHOD": method, STARTED: started}
+def environ(method: str, length: str | None = None) -> dict[str, Any]:
+    env: dict[str, Any] = {"REQUEST_METHOD": method}
     if length is not None:
         env["CONTENT_LENGTH"] = length
     return env
@@ -47,10 +46,10 @@ def test_the_recorder_counts_by_status_class_and_method() -> None:
     board = Scoreboard(4)
     record, flush = request_metrics(board, 2)
     now = time.monotonic()
-    record(environ("GET", now - 0.003), answered(200, b"hello"))
-    record(environ("POST", now, "12"), answered(404))
-    record(environ("BREW", now), answered(0))  # no status sent, an unknown method
-    record(environ("GET", now - 20, "no number"), answered(999))
+    record(now - 0.003, environ("GET"), answered(200, b"hello"))
+    record(now, environ("POST", "12"), answered(404))
+    record(now, environ("BREW"), answered(0))  # no status sent, an unknown method
+    record(now - 20, environ("GET", "no number"), answered(999))
     assert requests(board.counters(2)) == 0  # published on the heartbeat, not on the way
     flush()
 
@@ -77,7 +76,7 @@ def test_totals_keep_what_an_exited_worker_counted() -> None:
         board.reset(slot, 100 + slot)
         record, flush = request_metrics(board, slot)
         for _ in range(3 + slot):
-            record(environ("GET", 0.0), answered(200))
+            record(0.0, environ("GET"), answered(200))
         flush()
     assert requests(totals.current([0, 1])) == 7
 
@@ -85,7 +84,7 @@ def test_totals_keep_what_an_exited_worker_counted() -> None:
     board.reset(0, 200)
     assert requests(totals.current([0, 1])) == 7
     record, flush = request_metrics(board, 0)
-    record(environ("GET", 0.0), answered(500))
+    record(0.0, environ("GET"), answered(500))
     flush()
     assert requests(totals.current([0, 1])) == 8
 

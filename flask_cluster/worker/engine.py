@@ -21,10 +21,10 @@ from typing import Any
 
 from ..http.errors import ServerFault, ShuttingDown
 from ..http.parser import Limits, Request
-from ..http.wsgi import Response, WSGIApp, apply_forwarded, build_environ, error_response
+from ..http.wsgi import WSGIApp, apply_forwarded, build_environ, error_response
 from ..listeners import accept_batch, no_delay
 from .access_log import STARTED, AccessLog
-from .app_call import AppHost
+from .app_call import AppHost, Record
 from .connection import Connection, TLSConnection
 from .inline import start_inline
 from .threaded import AppPool
@@ -46,7 +46,7 @@ class Engine:
                  tls: ssl.SSLContext | None = None,
                  header_timeout: float = 10.0, max_connections: int = 1000,
                  trusted_proxies: frozenset[str] = frozenset(),
-                 record: Callable[[dict[str, Any], Response], None] | None = None) -> None:
+                 record: Record | None = None) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
         self.header_timeout = header_timeout
@@ -58,7 +58,6 @@ class Engine:
         self.base_environ = base_environ
         self.access_log = access_log
         self.record = record  # --metrics: each answered request onto the scoreboard
-        self.timed = access_log is not None or record is not None  # they need STARTED
         self.on_request = on_request  # +1 when a request starts, -1 when it ends
         self.on_connection = on_connection  # +1 when a connection opens, -1 when it closes
         self.tls = tls
@@ -217,8 +216,8 @@ class Engine:
         if trusted and ("HTTP_X_FORWARDED_FOR" in environ or "HTTP_X_FORWARDED_PROTO" in environ) \
                 and (conn.remote_addr in trusted or "*" in trusted):
             apply_forwarded(environ)
-        if self.timed:
-            environ[STARTED] = conn.last_active  # when the request was read: no clock call
+        if self.access_log is not None:
+            environ[STARTED] = time.perf_counter()
         return environ
 
     def start(self, conn: Connection, request: Request) -> None:
@@ -243,6 +242,7 @@ class Engine:
             request.body.close()
             return
         self.on_request(1)
+        conn.answering_since = conn.last_active  # when the request was read: no clock call
         self._start(self, conn, request, environ)
 
     def oldest_busy(self) -> float | None:

@@ -28,18 +28,16 @@ from ..request_counters import (
     status_method_word,
 )
 from ..scoreboard import Scoreboard
-from .access_log import STARTED
 
 
 class RequestMetrics(NamedTuple):
-    record: Callable[[dict[str, Any], Response], None]
+    record: Callable[[float, dict[str, Any], Response], None]  # app_call.Record
     flush: Callable[[], None]
 
 
 def request_metrics(scoreboard: Scoreboard, slot: int) -> RequestMetrics:
-    """``record(environ, response)`` when a request is answered (``environ[STARTED]`` is the
-    monotonic time it was read; the engine sets it when metrics or the access log are on);
-    ``flush()`` to publish what was recorded."""
+    """``record(started, environ, response)`` when a request is answered (``started``: the
+    monotonic time it was read); ``flush()`` to publish what was recorded."""
     words = scoreboard.words
     base = scoreboard.counters_base(slot)
     pending = [0] * COUNTER_WORDS
@@ -51,8 +49,8 @@ def request_metrics(scoreboard: Scoreboard, slot: int) -> RequestMetrics:
                     for c in range(10)]
     column_of_method = {name: index for index, name in enumerate(METHODS)}
 
-    def record(environ: dict[str, Any], response: Response) -> None:
-        seconds = monotonic() - environ[STARTED]
+    def record(started: float, environ: dict[str, Any], response: Response) -> None:
+        seconds = monotonic() - started
         pending[row_of_class[response.status_code // 100 % 10]
                 + column_of_method.get(environ["REQUEST_METHOD"], other)] += 1
         pending[DURATION_BUCKETS + bisect_left(BUCKETS, seconds)] += 1
