@@ -8,6 +8,8 @@ state, and the app's metrics merged from the workers' files.
 
 from __future__ import annotations
 
+import logging
+import os
 import selectors
 from collections import Counter
 from typing import Protocol
@@ -21,11 +23,14 @@ from ..scoreboard import IN_FLIGHT, RSS_KIB, Scoreboard
 from .app_metrics import AppMetricsDir
 from .dispatch import Dispatcher
 from .hub import Hub
-from .metrics_server import MetricsServer
+from .metrics_server import MetricsError, MetricsServer
+from .registry import RegistryError
 from .roster import Roster
 from .server_metrics import ServerState, families
 from .totals import Totals
 from .worker_handle import WorkerHandle
+
+log = logging.getLogger("flask_cluster.master")
 
 
 class Observed(Protocol):
@@ -36,6 +41,21 @@ class Observed(Protocol):
     scoreboard: Scoreboard
     dispatcher: Dispatcher | None  # round-robin and least-busy: the master accepts
     hub: Hub
+
+
+def open_metrics(address: str, app_name: str, master: Observed,
+                 selector: selectors.BaseSelector) -> ClusterMetrics:
+    """Everything ``--metrics`` needs, answering scrapes; nothing left behind if it fails."""
+    try:
+        metrics = ClusterMetrics(address, app_name, os.getpid(), master)
+    except (OSError, RegistryError) as exc:
+        raise MetricsError(f"cannot create the app metrics directory: {exc}") from None
+    try:
+        log.info("metrics on %s", metrics.serve(selector))
+    except BaseException:
+        metrics.close()
+        raise
+    return metrics
 
 
 class ClusterMetrics:

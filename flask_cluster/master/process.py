@@ -112,8 +112,13 @@ class Master:
         self.endpoints = open_endpoints(config, self.app_name, self, self.selector,
                                         tls=self.tls is not None)
         listener = self.endpoints.listener
-        if config.metrics:
-            self._serve_metrics(config.metrics)
+        if config.metrics:  # before the first fork: the workers inherit its app metrics directory
+            from .metrics import open_metrics  # prometheus_client is an extra
+            try:
+                self.metrics = open_metrics(config.metrics, self.app_name, self, self.selector)
+            except BaseException:
+                self.endpoints.close(config)
+                raise
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                listener, self.pid, self.run_worker)
@@ -135,24 +140,14 @@ class Master:
             return self.exit.code
         return EXIT_CLEAN
 
-    def _serve_metrics(self, address: str) -> None:
-        """Before the first fork: the workers inherit the app metrics directory."""
-        from .metrics import ClusterMetrics  # prometheus_client is an extra
-
-        assert self.endpoints is not None
-        try:
-            self.metrics = ClusterMetrics(address, self.app_name, self.pid, self)
-            log.info("metrics on %s", self.metrics.serve(self.selector))
-        except BaseException:
-            if self.metrics is not None:
-                self.metrics.close()
-            self.endpoints.close(self.config)
-            raise
-
     def _open_broker(self, deliver: Deliver) -> RedisRelay:
         from .redis_relay import open_relay  # redis-py is an extra: imported only when asked for
 
-        self.broker = open_relay(deliver, self.config, self.app_name, self.selector)
+        def on_full(full: bool) -> None:
+            self.scoreboard.broker_full = full
+
+        self.broker = open_relay(deliver, self.config, self.app_name, self.selector, on_full,
+                                 lambda: [handle.worker_id for handle in self._live])
         return self.broker
 
     @property
@@ -192,6 +187,8 @@ class Master:
                 if handle.untaken and handle.reclaim is not None:
                     self.dispatcher.take_back(handle, handle.reclaim, alive=True)
         self._perform(self.roster.tick(now))
+        if self.broker is not None:
+            self.broker.tick(now)
         self.recent.sample(now, ((handle.pid, handle.slot) for handle in self.workers.values()))
         if self.metrics is not None:
             self.metrics.expire(now)
@@ -363,9 +360,12 @@ class Master:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
         if self.broker is not None:
             # The workers check every broadcast's signature and the master has no key to sign
-            # with: an unsigned one would be dropped on every host.
-            raise ValueError("cluster-ctl broadcast is not available with --broker: the master "
-                             "holds no signing key; broadcast from a view instead")
+            # with: a worker signs it and broadcasts it to every host.
+            live = self._live
+            if not live:
+                raise ValueError("no worker is serving to sign the broadcast: try again")
+            self.channels.send(live[0], wire.encode(wire.Publish(topic, wire.pack(data))))
+            return len(live)
         return self.hub.publish(topic, wire.pack(data))
 
     def status(self) -> dict[str, Any]:
