@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from ..config import split_address
+from ..config import Config, split_address
 from ..scoreboard import IN_FLIGHT, RSS_KIB, Scoreboard
 from .app_metrics import AppMetricsDir
 from .dispatch import Dispatcher
+from .endpoints import Endpoints
 from .hub import Hub
 from .metrics_server import MetricsError, MetricsServer
 from .registry import RegistryError
@@ -34,26 +35,35 @@ log = logging.getLogger("flask_cluster.master")
 
 
 class Observed(Protocol):
-    """What a scrape reads of the master."""
+    """What ``--metrics`` reads of the master."""
 
+    config: Config
+    app_name: str
     workers: dict[int, WorkerHandle]
     roster: Roster
     scoreboard: Scoreboard
     dispatcher: Dispatcher | None  # round-robin and least-busy: the master accepts
     hub: Hub
 
+    @property
+    def selector(self) -> selectors.BaseSelector: ...
 
-def open_metrics(address: str, app_name: str, master: Observed,
-                 selector: selectors.BaseSelector) -> ClusterMetrics:
-    """Everything ``--metrics`` needs, answering scrapes; nothing left behind if it fails."""
+
+def open_metrics(master: Observed, endpoints: Endpoints) -> ClusterMetrics:
+    """Everything ``--metrics`` needs, answering scrapes, before the first fork (the workers
+    inherit the app metrics directory). If it fails, it closes what the master opened before
+    (``endpoints``) as well, so a start that fails leaves nothing behind."""
+    assert master.config.metrics is not None
+    metrics: ClusterMetrics | None = None
     try:
-        metrics = ClusterMetrics(address, app_name, os.getpid(), master)
-    except (OSError, RegistryError) as exc:
-        raise MetricsError(f"cannot create the app metrics directory: {exc}") from None
-    try:
-        log.info("metrics on %s", metrics.serve(selector))
-    except BaseException:
-        metrics.close()
+        metrics = ClusterMetrics(master.config.metrics, master.app_name, os.getpid(), master)
+        log.info("metrics on %s", metrics.serve(master.selector))
+    except BaseException as exc:
+        if metrics is not None:
+            metrics.close()
+        endpoints.close(master.config)
+        if isinstance(exc, (OSError, RegistryError)):
+            raise MetricsError(f"cannot create the app metrics directory: {exc}") from None
         raise
     return metrics
 
@@ -80,10 +90,6 @@ class ClusterMetrics:
         """After the worker was reaped, before its slot can go to another."""
         self.totals.fold(handle.slot)
         self.app_dir.worker_exited(handle.pid)
-
-    def expire(self, now: float) -> None:
-        if self.server is not None:
-            self.server.expire(now)
 
     def close(self) -> None:
         if self.server is not None:

@@ -50,7 +50,8 @@ class MetricsServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     def _accept(self, _sock: Any, _mask: int) -> None:
-        while len(self.clients) < MAX_CLIENTS:
+        self._expire(time.monotonic())
+        while True:
             try:
                 sock, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -58,6 +59,9 @@ class MetricsServer:
             except OSError as exc:  # out of descriptors: the scraper retries
                 log.warning("metrics: accept failed: %s", exc)
                 return
+            if len(self.clients) >= MAX_CLIENTS:  # refused, not left to wake the loop again
+                sock.close()
+                continue
             sock.setblocking(False)
             client = _Client(sock, time.monotonic() + READ_TIMEOUT)
             self.clients[sock] = client
@@ -113,8 +117,9 @@ class MetricsServer:
             self.selector.register(client.sock, selectors.EVENT_WRITE,
                                    lambda s, m, c=client: self._write(c))
 
-    def expire(self, now: float) -> None:
-        """Drop clients that have had READ_TIMEOUT to send their request and take the answer."""
+    def _expire(self, now: float) -> None:
+        """Drop clients that have had READ_TIMEOUT to send their request and take the answer
+        (looked at when the next scraper connects: until then they hold only a socket)."""
         for client in [c for c in self.clients.values() if now >= c.deadline]:
             self._close(client)
 

@@ -92,6 +92,7 @@ class Master:
             wire.Ready: self._ready,
             wire.BootFailed: self._boot_failed,
             wire.Retire: self._served_max_requests,
+            wire.Free: self._worker_free,
         }
         self.exit: Exit | None = None  # why the master gives up, if it does
         self._announced = False  # the "serving" line is printed when the first worker is ready
@@ -112,20 +113,18 @@ class Master:
         self.endpoints = open_endpoints(config, self.app_name, self, self.selector,
                                         tls=self.tls is not None)
         listener = self.endpoints.listener
-        if config.metrics:  # before the first fork: the workers inherit its app metrics directory
+        if config.metrics:
             from .metrics import open_metrics  # prometheus_client is an extra
-            try:
-                self.metrics = open_metrics(config.metrics, self.app_name, self, self.selector)
-            except BaseException:
-                self.endpoints.close(config)
-                raise
+            self.metrics = open_metrics(self, self.endpoints)
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                listener, self.pid, self.run_worker)
         if self._master_accepts:
             self.dispatcher = Dispatcher(listener, self.selector, config.balance,
                                          lambda: self.health.responsive_first(self._live), self._lost,
-                                         serving_blocks=config.threads == 1)
+                                         serving_blocks=config.threads == 1,
+                                         queue_depth=config.queue_depth,
+                                         on_holding=self._holding)
             self.dispatcher.start()
         target = self.roster.target
         self.scoreboard.worker_count = target
@@ -190,8 +189,6 @@ class Master:
         if self.broker is not None:
             self.broker.tick(now)
         self.recent.sample(now, ((handle.pid, handle.slot) for handle in self.workers.values()))
-        if self.metrics is not None:
-            self.metrics.expire(now)
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
             self.reload()
@@ -290,6 +287,14 @@ class Master:
         self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic(),
                                           reason="max-requests"))
 
+    def _holding(self, count: int) -> None:
+        self.scoreboard.holding = count
+
+    def _worker_free(self, handle: WorkerHandle, _message: wire.Free) -> None:
+        """A worker has room: connections held for one go out now."""
+        if self.dispatcher is not None:
+            self.dispatcher.worker_free(handle)
+
     def _lost(self, target: Any) -> None:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
         self._perform(self.roster.lost(target.pid))
@@ -372,7 +377,7 @@ class Master:
         now = time.monotonic()
         master = {"pid": self.pid, "app": self.app_name, "address": self.address,
                   "balance": self.config.balance, "threads": self.config.threads,
-                  "uptime": round(now - self.started, 1)}
+                  "uptime": round(now - self.started, 1), "holding": self.scoreboard.holding}
         if self.broker is not None:
             master["broker"] = self.broker.status()
         return cluster_status(master, self.roster, self.workers, self.scoreboard, self.recent, now)
