@@ -24,7 +24,7 @@ from ..http.parser import Limits, Request
 from ..http.wsgi import WSGIApp, apply_forwarded, build_environ, error_response
 from ..listeners import accept_batch, no_delay
 from .access_log import STARTED, AccessLog
-from .app_call import AppHost
+from .app_call import AppHost, Record
 from .connection import Connection, TLSConnection
 from .inline import start_inline
 from .poller import new_poller
@@ -46,7 +46,8 @@ class Engine:
                  on_connection: Callable[[int], None] = lambda delta: None,
                  tls: ssl.SSLContext | None = None,
                  header_timeout: float = 10.0, max_connections: int = 1000,
-                 trusted_proxies: frozenset[str] = frozenset()) -> None:
+                 trusted_proxies: frozenset[str] = frozenset(),
+                 record: Record | None = None) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
         self.header_timeout = header_timeout
@@ -57,6 +58,7 @@ class Engine:
         self.keep_alive = keep_alive
         self.base_environ = base_environ
         self.access_log = access_log
+        self.record = record  # --metrics: each answered request onto the scoreboard
         self.on_request = on_request  # +1 when a request starts, -1 when it ends
         self.on_connection = on_connection  # +1 when a connection opens, -1 when it closes
         self.tls = tls
@@ -243,6 +245,7 @@ class Engine:
             request.body.close()
             return
         self.on_request(1)
+        conn.answering_since = conn.last_active  # when the request was read: no clock call
         self._start(self, conn, request, environ)
 
     def oldest_busy(self) -> float | None:
