@@ -25,7 +25,7 @@ class Worker:
     """A worker as the dispatcher sees it; ``end`` is the worker's side of its hand-off pair."""
 
     worker_id: int
-    in_flight: int = 0
+    serving: int = 0  # requests in progress
     handoff: socket.socket | None = None
     end: socket.socket | None = None
     received: list[socket.socket] = field(default_factory=list)
@@ -35,6 +35,11 @@ class Worker:
     @property
     def untaken(self) -> int:
         return self.passed - len(self.received)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in progress plus connections passed and not taken, as WorkerHandle's."""
+        return self.serving + self.untaken
 
     def handed(self, count: int) -> None:
         self.passed += count
@@ -104,7 +109,7 @@ def test_round_robin_passes_over_a_worker_that_has_not_taken_its_last_connection
 def test_round_robin_with_one_thread_passes_over_a_worker_serving_a_request() -> None:
     """With --threads 1 a worker inside a view takes nothing until the view returns (or never,
     if it hangs there), even though it took every connection it was passed."""
-    ready = [Worker(0, in_flight=1), Worker(1)]
+    ready = [Worker(0, serving=1), Worker(1)]
 
     assert ids(RoundRobin(serving_blocks=True).order(ready)) == [1, 0]
     assert ids(RoundRobin(serving_blocks=False).order(ready)) == [0, 1]  # threads take it
@@ -141,7 +146,7 @@ def test_round_robin_gives_a_whole_batch_to_the_worker_with_room() -> None:
 
 
 def test_least_busy_counts_what_this_batch_already_gave() -> None:
-    ready = [Worker(0), Worker(1), Worker(2, in_flight=1)]
+    ready = [Worker(0), Worker(1), Worker(2, serving=1)]
 
     firsts = first_choices_in_one_batch(LeastBusy(), ready, 5)
 
@@ -164,7 +169,7 @@ def test_round_robin_survives_workers_coming_and_going() -> None:
 
 
 def test_least_busy_picks_the_fewest_in_flight() -> None:
-    ready = [Worker(0, in_flight=5), Worker(1, in_flight=1), Worker(2, in_flight=3)]
+    ready = [Worker(0, serving=5), Worker(1, serving=1), Worker(2, serving=3)]
 
     assert ids(LeastBusy().order(ready)) == [1, 2, 0]
 
@@ -177,7 +182,7 @@ def test_least_busy_ties_rotate() -> None:
 
 
 def test_least_busy_ties_share_evenly_beside_a_busy_worker() -> None:
-    ready = [Worker(0), Worker(1), Worker(2), Worker(3, in_flight=5)]
+    ready = [Worker(0), Worker(1), Worker(2), Worker(3, serving=5)]
     busy = LeastBusy()
 
     firsts = Counter(busy.order(ready)[0].worker_id for _ in range(300))
@@ -287,7 +292,7 @@ def test_dispatcher_hands_connections_out_in_turn(listener: socket.socket,
 def test_least_busy_spreads_a_burst_accepted_in_one_round(listener: socket.socket,
                                                           workers: list[Worker]) -> None:
     idle, busy = workers[0], workers[1]
-    busy.in_flight = 1
+    busy.serving = 1
     with selectors.DefaultSelector() as selector:
         dispatcher = Dispatcher(listener, selector, "least-busy", lambda: [idle, busy],
                                 pytest.fail)

@@ -121,9 +121,14 @@ class Choice:
     """The workers that may take the next connection now, in the order to try them.
 
     ``queue_depth`` applies with ``serving_blocks`` only (``--threads 1``): a worker may be
-    given a connection while it has at most ``queue_depth`` requests and connections in flight
-    (counting what this batch already gave it). None: any ready worker, busy or not (the
-    behaviour before holding, and the one for threaded workers, which serve several at once).
+    given a connection while it serves at most ``queue_depth`` requests. None: any ready worker, busy or not (the behaviour before holding, and the one for threaded
+    workers, which serve several at once).
+
+    Connections passed to a worker (in this batch, or earlier and not yet taken) count in the
+    turns, so a burst spreads over the free workers, but not against its room: a new
+    connection is not a request yet, and counting it held all but one connection per free
+    worker, released one per pass of the master's loop, so 500 slow-header clients sat here
+    past ``--header-timeout`` instead of being answered 408 by the worker.
     """
 
     def __init__(self, balance: str, serving_blocks: bool = False,
@@ -138,5 +143,5 @@ class Choice:
         depth = self.queue_depth
         if depth is not None and holding:
             ready = [target for target in ready
-                     if target.in_flight + assigned.get(target.worker_id, 0) <= depth]
+                     if target.in_flight - target.untaken <= depth]
         return self.turns.order(ready, assigned)
