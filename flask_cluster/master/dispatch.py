@@ -332,12 +332,14 @@ class Dispatcher:
             worker_id = order[0].worker_id
             shares.setdefault(worker_id, (order, []))[1].append(item)
             assigned[worker_id] = assigned.get(worker_id, 0) + 1
-        for order, items in shares.values():
-            if hand_off(items, order, self.on_gone):
-                for item in items:
-                    os.close(item.fd)
-            else:
-                self._wait(items)
+        for order, share in shares.values():
+            for start in range(0, len(share), ipc.PACKET_FDS):
+                items = share[start:start + ipc.PACKET_FDS]
+                if hand_off(items, order, self.on_gone):
+                    for item in items:
+                        os.close(item.fd)
+                else:
+                    self._wait(items)
 
     def _wait(self, items: list[Accepted]) -> None:
         """No worker can take these now: hold them, and stop accepting until one can."""

@@ -40,6 +40,7 @@ from ..tls import server_context
 from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .engine import Engine
+from .fd_budget import FdBudget
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
 
@@ -169,6 +170,10 @@ class Worker:
             engine.accept_from(sockets.listener)
         assert self._signals is not None
         engine.add_reader(self._signals.reader, self._on_signal)
+        # Last: the cap leaves out what is open by now.
+        self.fd_budget = FdBudget(engine, config.threads, config.max_connections)
+        engine.on_connection = self.fd_budget.watching(on_connection,
+                                                       accepts=sockets.handoff is None)
         return engine
 
     def _receive_connections(self) -> None:
@@ -176,15 +181,25 @@ class Worker:
 
     def _take_connections(self) -> bool:
         """Take up to a batch of passed connections; True when the batch was full."""
-        assert self.engine is not None and self.sockets.handoff is not None
+        handoff, budget = self.sockets.handoff, self.fd_budget
+        assert self.engine is not None and handoff is not None
+        # No more packets than there is room for (at the descriptor limit the kernel would drop
+        # what does not fit, resetting clients); near the cap, one once there is room for it.
+        packets = min(HANDOFF_BATCH, budget.room() // ipc.PACKET_FDS)
+        if not packets:
+            packets = 1
+            count = ipc.peek_passed(handoff)
+            if not budget.make_room(count) and count <= budget.cap:
+                budget.hold(handoff, self._receive_connections)
+                return False
         try:
-            connections = ipc.receive_connections(self.sockets.handoff, HANDOFF_BATCH,
-                                                  self.sockets.family)
+            connections = ipc.receive_connections(handoff, packets, self.sockets.family,
+                                                  self._dropped)
         except ipc.ChannelClosed:
-            self.engine.remove_reader(self.sockets.handoff)
+            self.engine.remove_reader(handoff)
             self._master_gone()
             return False
-        self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(connections)
+        self._count_received(len(connections))
         unserved = self.unserved.queue
         unserved.extend(connections)
         while True:
@@ -194,6 +209,16 @@ class Worker:
                 break
             self.engine.add_connection(sock, peer)
         return len(connections) == HANDOFF_BATCH
+
+    def _count_received(self, count: int) -> None:
+        """Taken off the hand-off channel: the master no longer counts them as untaken."""
+        self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += count
+
+    def _dropped(self, count: int) -> None:
+        """Passed to us, dropped by the kernel at our descriptor limit: gone from the channel
+        all the same (the master must not count them as untaken forever)."""
+        self._count_received(count)
+        self.fd_budget.dropped(count)
 
     def _heartbeat(self, now: float) -> None:
         assert self.engine is not None
@@ -249,6 +274,7 @@ class Worker:
             # every one of them (not only the first batch).
             while self._take_connections():
                 pass
+            self.fd_budget.forget_held()
             engine.remove_reader(sockets.handoff)
         if sockets.listener is not None:
             engine.remove_listener(sockets.listener)
@@ -271,12 +297,12 @@ class Worker:
         assert self.engine is not None and handoff is not None
         while True:
             try:
-                passed = ipc.receive_passed(handoff, HANDOFF_BATCH)
+                passed = ipc.receive_passed(handoff, HANDOFF_BATCH, self._dropped)
             except ipc.ChannelClosed:
                 return
             if not passed:
                 return
-            self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(passed)
+            self._count_received(len(passed))
             left = hand_back.pass_on(passed)
             for sock, peer in ipc.wrap_passed(left, self.sockets.family):
                 self.engine.add_connection(sock, peer)
