@@ -333,6 +333,7 @@ class Dispatcher:
             shares.setdefault(worker_id, (order, []))[1].append(item)
             assigned[worker_id] = assigned.get(worker_id, 0) + 1
         for order, share in shares.values():
+            # Under a low descriptor limit, packets a worker near it can take whole.
             for start in range(0, len(share), ipc.PACKET_FDS):
                 items = share[start:start + ipc.PACKET_FDS]
                 if hand_off(items, order, self.on_gone):

@@ -70,6 +70,7 @@ class FdBudget:
         self._since_warned = {"shed": 0, "dropped": 0}
         self.accepts = False  # accepts on a listener itself (shared, reuseport)
         self.measure()
+        self.measured_cap = self.cap  # at start; lowered after a drop until measured again
         engine.tick_callbacks.append(self._tick)
 
     def measure(self) -> None:
@@ -135,7 +136,10 @@ class FdBudget:
             self.make_room(1 + self.cap // 32)  # a few more: not every accept has to look
 
     def _tick(self, _now: float) -> None:
-        """Connections that were too young to shed may be old enough now."""
+        """Connections that were too young to shed may be old enough now; a cap lowered by
+        a drop (the app held more descriptors for a while) comes back as they are closed."""
+        if self.cap < self.measured_cap:
+            self.measure()
         if self.accepts:
             self._shed_at_cap()  # before the engine's housekeeping resumes accepting
         else:
