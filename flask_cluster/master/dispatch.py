@@ -333,9 +333,12 @@ class Dispatcher:
             shares.setdefault(worker_id, (order, []))[1].append(item)
             assigned[worker_id] = assigned.get(worker_id, 0) + 1
         for order, share in shares.values():
-            # Under a low descriptor limit, packets a worker near it can take whole.
-            for start in range(0, len(share), ipc.PACKET_FDS):
-                items = share[start:start + ipc.PACKET_FDS]
+            # Under a low descriptor limit, packets a worker near it can take whole. A worker
+            # whose app runs on its loop takes one packet a wake-up, and what it has not taken
+            # goes to another worker if it is killed: one connection a packet then.
+            size = 1 if self.serving_blocks else ipc.PACKET_FDS
+            for start in range(0, len(share), size):
+                items = share[start:start + size]
                 if hand_off(items, order, self.on_gone):
                     for item in items:
                         os.close(item.fd)

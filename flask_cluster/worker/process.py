@@ -71,6 +71,7 @@ class Worker:
         self._retiring = False
         self._stopping = False
         self._stuck_logged = False
+        self.handoff_batch = 1 if spec.config.threads == 1 else HANDOFF_BATCH
 
     # -- in the child -------------------------------------------------------------------------
 
@@ -180,12 +181,14 @@ class Worker:
         self._take_connections()
 
     def _take_connections(self) -> bool:
-        """Take up to a batch of passed connections; True when the batch was full."""
+        """Take up to a batch of passed connections; True when some were taken."""
         handoff, budget = self.sockets.handoff, self.fd_budget
         assert self.engine is not None and handoff is not None
         # No more packets than there is room for (at the descriptor limit the kernel would drop
         # what does not fit, resetting clients); near the cap, one once there is room for it.
-        packets = min(HANDOFF_BATCH, budget.room() // ipc.PACKET_FDS)
+        # With the app on the loop, one packet a wake-up: what waits in the channel is taken
+        # back and served elsewhere if we die (kill -9, the OOM killer), what we took is lost.
+        packets = min(self.handoff_batch, budget.room() // ipc.PACKET_FDS)
         if not packets:
             packets = 1
             count = ipc.peek_passed(handoff)
@@ -208,7 +211,7 @@ class Worker:
             except IndexError:
                 break
             self.engine.add_connection(sock, peer)
-        return len(connections) == HANDOFF_BATCH
+        return bool(connections)
 
     def _count_received(self, count: int) -> None:
         """Taken off the hand-off channel: the master no longer counts them as untaken."""
