@@ -112,22 +112,18 @@ class FdBudget:
         return heapq.nsmallest(count, candidates,
                                key=lambda conn: (not conn.request_started, conn.last_active))
 
-    def watching(self, on_connection: Callable[[int], None], *, accepts: bool
-                 ) -> Callable[[int], None]:
-        """The engine's ``on_connection`` (+1 as a connection opens, -1 as it closes), with the
-        budget's part: a worker that ``accepts`` on a listener sheds at the cap, so its engine
-        keeps accepting (it stops at :attr:`Engine.max_connections`, and the backlog would
-        hold new clients behind idle ones); a hand-off channel held for room is read again as
-        soon as a connection closes."""
-        self.accepts = accepts
+    def shedding(self, on_connection: Callable[[int], None]) -> Callable[[int], None]:
+        """The engine's ``on_connection`` (+1 as a connection opens, -1 as it closes) of a
+        worker that accepts on a listener itself, shedding at the cap as it accepts: its engine
+        stops accepting at :attr:`Engine.max_connections`, and the backlog would hold new
+        clients behind idle ones. (A hand-off channel held for room is read again each tick.)"""
+        self.accepts = True
+        connections = self.engine.connections
 
         def counted(delta: int) -> None:
             on_connection(delta)
-            if delta > 0:
-                if accepts:
-                    self._shed_at_cap()
-            elif self.held is not None:
-                self.release()
+            if delta > 0 and len(connections) >= self.cap:
+                self._shed_at_cap()
 
         return counted
 
@@ -148,7 +144,7 @@ class FdBudget:
     # -- a hand-off channel waiting for room ------------------------------------------------
 
     def hold(self, fileobj: Any, reader: Callable[[], None]) -> None:
-        """Stop reading ``fileobj`` until a connection closes or the next tick."""
+        """Stop reading ``fileobj`` until the next tick."""
         self.engine.remove_reader(fileobj)
         self.held = (fileobj, reader)
 

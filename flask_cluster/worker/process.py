@@ -173,8 +173,8 @@ class Worker:
         engine.add_reader(self._signals.reader, self._on_signal)
         # Last: the cap leaves out what is open by now.
         self.fd_budget = FdBudget(engine, config.threads, config.max_connections)
-        engine.on_connection = self.fd_budget.watching(on_connection,
-                                                       accepts=sockets.handoff is None)
+        if sockets.handoff is None:  # accepting itself: it sheds as it accepts
+            engine.on_connection = self.fd_budget.shedding(on_connection)
         return engine
 
     def _receive_connections(self) -> None:
