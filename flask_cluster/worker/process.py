@@ -273,10 +273,12 @@ class Worker:
         if sockets.handoff is not None:
             if retirement is not None:
                 self._pass_on_untaken(retirement.hand_back)
-            # Connections the master passed before it took us out of rotation are still ours,
-            # every one of them (not only the first batch).
-            while self._take_connections():
-                pass
+            # Connections the master passed before it took us out of rotation are still ours
+            # (what is left at our exit it takes back). Bounded: sent a TERM directly, we are
+            # still in its rotation, and it goes on passing.
+            for _ in range(HANDOFF_BATCH):
+                if not self._take_connections():
+                    break
             self.fd_budget.forget_held()
             engine.remove_reader(sockets.handoff)
         if sockets.listener is not None:
