@@ -10,7 +10,6 @@ import gc
 import logging
 import os
 import random
-import resource
 import signal
 import sys
 import time
@@ -41,6 +40,7 @@ from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .engine import Engine
 from .fd_budget import FdBudget
+from .memory import ResidentMemory
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
 
@@ -353,33 +353,6 @@ class Worker:
         except ipc.ChannelClosed:
             print(details, end="", file=sys.stderr, flush=True)  # no master to show it
         return EXIT_BOOT_ERROR
-
-
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-class ResidentMemory:
-    """This process's resident memory in KiB, for the heartbeat.
-
-    ``/proc/self/statm`` is opened once, in the worker, and read again with ``pread``: a worker
-    at its descriptor limit (EMFILE) still reports its memory, and the heartbeat never raises
-    out of the loop. Where there is no ``/proc`` (macOS), the peak resident size stands in.
-    """
-
-    def __init__(self) -> None:
-        try:
-            self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self.fd = -1
-
-    def kib(self) -> int:
-        if self.fd >= 0:
-            try:
-                return int(os.pread(self.fd, 128, 0).split()[1]) * _PAGE_KIB
-            except (OSError, ValueError, IndexError):
-                pass
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak // 1024 if sys.platform == "darwin" else peak
 
 
 def one_line_reason(exc: BaseException) -> str:
