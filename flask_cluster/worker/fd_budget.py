@@ -18,6 +18,7 @@ import heapq
 import logging
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,14 +58,17 @@ def open_descriptors() -> int | None:
 
 
 class FdBudget:
-    """The connection cap of one worker's engine, kept by shedding idle connections."""
+    """The connections one worker's descriptors allow (its *cap*), kept by shedding idle
+    connections. ``--max-connections``, when lower, is the engine's own limit, met as always
+    (503 for a passed connection, the backlog for one not accepted yet): shedding is for
+    descriptors that run out, not for a limit the operator chose."""
 
     def __init__(self, engine: Engine, threads: int, max_connections: int) -> None:
         self.engine = engine
         self.limit = descriptor_limit()
         self.reserve = reserve_for(self.limit, threads)
         self.max_connections = max_connections
-        self.cap = max_connections
+        self.cap = sys.maxsize  # no descriptor limit
         self.held: tuple[Any, Callable[[], None]] | None = None  # a reader waiting for room
         self._warned = {"shed": 0.0, "dropped": 0.0}
         self._since_warned = {"shed": 0, "dropped": 0}
@@ -81,8 +85,8 @@ class FdBudget:
         connections = len(self.engine.connections)
         in_use = open_descriptors()
         others = (self.limit if in_use is None else in_use) - connections
-        self.cap = max(1, min(self.max_connections, self.limit - self.reserve - others))
-        self.engine.max_connections = self.cap
+        self.cap = max(1, self.limit - self.reserve - others)
+        self.engine.max_connections = min(self.max_connections, self.cap)
 
     def room(self) -> int:
         """Connections that can be taken now without going over the cap."""
