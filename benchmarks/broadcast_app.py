@@ -12,6 +12,7 @@ from flask_cluster import FlaskCluster
 
 cluster = FlaskCluster()
 received = {"count": 0}
+latencies: list[float] = []
 
 
 @cluster.on("ping")
@@ -29,9 +30,46 @@ def how_many(_data: None) -> int:
     return received["count"]
 
 
+@cluster.on("stamp")
+def stamp(sent: float) -> None:
+    latencies.append(time.time() - sent)  # one clock: every "host" runs on this machine
+
+
+@cluster.on("latencies")
+def latencies_so_far(_data: None) -> list[float]:
+    return latencies
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
+    app.config["CLUSTER_BROKER_SECRET"] = "benchmark"  # used with --broker only
     cluster.init_app(app)
+
+    @app.get("/workers")
+    def workers() -> ResponseReturnValue:
+        """Every worker a gather reaches: with --broker, those of every host."""
+        return jsonify(workers=len(cluster.gather("ping", timeout=5.0)))
+
+    @app.get("/latency")
+    def latency() -> ResponseReturnValue:
+        """From ``broadcast()`` to a handler starting in every other worker, paced so nothing
+        queues: n broadcasts, ``gap_ms`` apart."""
+        messages = int(request.args.get("n", "1000"))
+        gap = float(request.args.get("gap_ms", "2")) / 1000
+        receivers = len(cluster.gather("latencies", timeout=5.0)) - 1
+        for _ in range(messages):
+            cluster.broadcast("stamp", time.time(), include_self=False)
+            time.sleep(gap)
+        deadline = time.perf_counter() + 60
+        while True:
+            samples = sorted(value for replies in cluster.gather("latencies", timeout=5.0)
+                             for value in replies)
+            if len(samples) >= messages * receivers:
+                break
+            if time.perf_counter() > deadline:
+                return jsonify(error="not every message arrived within 60 s"), 500
+        return jsonify(receivers=receivers, p50_ms=statistics.median(samples) * 1000,
+                       p99_ms=samples[int(len(samples) * 0.99) - 1] * 1000)
 
     @app.get("/round-trip")
     def round_trip() -> ResponseReturnValue:
@@ -56,8 +94,9 @@ def create_app() -> Flask:
         The sender is left out: its own deliveries would only run after this view returns.
         """
         messages = int(request.args.get("n", "20000"))
-        receivers = cluster.worker_count - 1
-        before = sum(cluster.gather("received", timeout=5.0))
+        counts = cluster.gather("received", timeout=5.0)
+        receivers = len(counts) - 1  # with --broker, the workers of every host
+        before = sum(counts)
         started = time.perf_counter()
         for number in range(messages):
             cluster.broadcast("count", number, include_self=False)

@@ -150,9 +150,12 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
     if broker is not None:
         click.echo(f"broker {broker['url']} {broker['stream']}  "
                    f"{'connected' if broker['connected'] else 'DISCONNECTED'}  "
-                   f"last id {broker['last_id'] or '-'}  buffered {broker['buffered']}  "
-                   f"dropped {broker['dropped']}  missed {broker['missed']}  "
-                   f"hosts seen {broker['hosts_seen']}")
+                   f"last id {broker['last_id'] or '-'}  lag {broker['lag_ms']}ms  "
+                   f"buffered {broker['buffered']}{' (FULL)' if broker['full'] else ''}  "
+                   f"missed {broker['missed']}  malformed {broker['malformed']}  "
+                   f"link restarts {broker['link_restarts']}")
+        click.echo(f"hosts seen {len(broker['hosts_seen'])}: {' '.join(broker['hosts_seen'])} "
+                   f"(this one: {broker['host']})")
     rows = [STATUS_COLUMNS] + [tuple(str(w[c]) for c in STATUS_COLUMNS) for w in reply["workers"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
     for row in rows:

@@ -140,8 +140,8 @@ class Config:
         None, "Separates apps that share one broker: one stream per name (default: the app's "
         "import name).")
     broker_buffer: int = setting(
-        10000, "Broadcasts held in order while the broker is unreachable; more are dropped, "
-        "logged and counted.", type=click.IntRange(1))
+        10000, "Broadcasts held in order while the broker is unreachable; past it, broadcast() "
+        "raises BrokerBufferFull.", type=click.IntRange(1))
     broker_stream_len: int = setting(
         100000, "Broadcasts the broker keeps (MAXLEN ~): a host away for longer misses the "
         "oldest and logs how many.", type=click.IntRange(100))

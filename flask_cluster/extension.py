@@ -29,19 +29,34 @@ F = TypeVar("F", bound=Callable[..., Any])
 class GatherIncomplete(Exception):
     """Some workers did not answer in time, or their handler raised.
 
-    ``replies`` maps worker id to the value of every worker that answered; ``missing`` lists the
-    ids that did not answer within the timeout; ``errors`` maps worker id to the error text.
+    ``replies`` maps worker id to the value of every worker of the asker's host that answered;
+    ``missing`` lists that host's ids that did not answer within the timeout; ``errors`` maps
+    worker id to the error text. With ``--broker``, workers of other hosts too:
+    ``missing_hosts`` maps each host with workers that did not answer to their ids,
+    ``host_errors`` maps a host to its workers' error texts, and ``answers`` holds every
+    :class:`Answer`, each naming its ``host`` (``""`` for the asker's).
     """
 
-    def __init__(self, replies: dict[int, Any], missing: list[int], errors: dict[int, str]) -> None:
+    def __init__(self, replies: dict[int, Any], missing: list[int], errors: dict[int, str],
+                 missing_hosts: dict[str, list[int]] | None = None,
+                 host_errors: dict[str, dict[int, str]] | None = None,
+                 answers: list[wire.Answer] | None = None) -> None:
         self.replies = replies
         self.missing = missing
         self.errors = errors
+        self.missing_hosts = missing_hosts or {}
+        self.host_errors = host_errors or {}
+        self.answers = answers or []
         parts = []
         if missing:
             parts.append(f"no reply from worker(s) {', '.join(map(str, missing))}")
         if errors:
             parts.append("; ".join(f"worker {wid} failed: {text}" for wid, text in errors.items()))
+        for host, ids in self.missing_hosts.items():
+            parts.append(f"no reply from host {host} worker(s) {', '.join(map(str, ids))}")
+        for host, texts in self.host_errors.items():
+            parts.append("; ".join(f"host {host} worker {wid} failed: {text}"
+                                   for wid, text in texts.items()))
         super().__init__("; ".join(parts))
 
 
@@ -126,7 +141,8 @@ class FlaskCluster:
         runtime.current.messenger.broadcast(topic, payload, include_self)
 
     def gather(self, topic: str, data: Any = None, *, timeout: float = 2.0) -> list[Any]:
-        """Ask every live worker; their replies in ``worker_id`` order.
+        """Ask every live worker; their replies in ``worker_id`` order (with ``--broker``: this
+        host's, then each other host's, hosts in the order of their ids).
 
         Raises :class:`GatherIncomplete` (carrying the replies that did come) when a worker does
         not answer within ``timeout`` seconds or its handler raises: nobody is left out silently.
@@ -137,19 +153,23 @@ class FlaskCluster:
             answers = [wire.Answer(0, os.getpid(), wire.OK if ok else wire.ERROR, value)]
         else:
             answers = runtime.current.messenger.gather(topic, payload, timeout)
+        answers = sorted(answers, key=lambda answer: (answer.host, answer.worker_id))
         replies: dict[int, Any] = {}
         errors: dict[int, str] = {}
         missing: list[int] = []
-        for worker_id, _pid, status, value in answers:
+        missing_hosts: dict[str, list[int]] = {}
+        host_errors: dict[str, dict[int, str]] = {}
+        for worker_id, _pid, status, value, host in answers:
             if status == wire.OK:
-                replies[worker_id] = value
+                if not host:
+                    replies[worker_id] = value
             elif status == wire.ERROR:
-                errors[worker_id] = str(value)
+                (host_errors.setdefault(host, {}) if host else errors)[worker_id] = str(value)
             else:
-                missing.append(worker_id)
-        if missing or errors:
-            raise GatherIncomplete(replies, missing, errors)
-        return [replies[worker_id] for worker_id in sorted(replies)]
+                (missing_hosts.setdefault(host, []) if host else missing).append(worker_id)
+        if missing or errors or missing_hosts or host_errors:
+            raise GatherIncomplete(replies, missing, errors, missing_hosts, host_errors, answers)
+        return [answer.value for answer in answers]
 
     # -- used by the worker -----------------------------------------------------------------
 

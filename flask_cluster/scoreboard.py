@@ -22,6 +22,7 @@ PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIO
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for
+BROKER_FULL = 1  # header word: 1 while the master holds --broker-buffer unsent broadcasts
 
 
 def now_ms() -> int:
@@ -60,6 +61,14 @@ class Scoreboard:
     @worker_count.setter
     def worker_count(self, count: int) -> None:
         self.words[WORKER_COUNT] = count
+
+    @property
+    def broker_full(self) -> bool:
+        return self.words[BROKER_FULL] != 0
+
+    @broker_full.setter
+    def broker_full(self, full: bool) -> None:
+        self.words[BROKER_FULL] = int(full)
 
     def snapshot(self, slot: int) -> dict[str, int]:
         base = self.base(slot)

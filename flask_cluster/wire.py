@@ -27,6 +27,11 @@ class MessageError(ValueError):
     """``data`` cannot be sent: it does not pickle, or it is larger than the limit."""
 
 
+class BrokerBufferFull(RuntimeError):
+    """The broker has been unreachable for ``--broker-buffer`` broadcasts: this one is refused
+    rather than lost. The ones already accepted are delivered once it is back."""
+
+
 # -- the gather status vocabulary -----------------------------------------------------------------
 
 Status = Literal["ok", "error", "missing"]
@@ -42,10 +47,11 @@ class Answer(NamedTuple):
     pid: int
     status: Status
     value: Any  # the reply for OK, the error text for ERROR, None for MISSING
+    host: str = ""  # with --broker, the host of a worker on another host; "" on the asker's
 
 
-WireAnswer = tuple[int, int, Status, bytes | None]
-"""An :class:`Answer` as the master relays it: ``(worker_id, pid, status, pickled value)``."""
+WireAnswer = tuple[int, int, Status, bytes | None, str]
+"""An :class:`Answer` as the master relays it: ``(worker_id, pid, status, pickled value, host)``."""
 
 
 # -- worker -> master -----------------------------------------------------------------------------
@@ -110,9 +116,18 @@ class Gathered(NamedTuple):
     answers: list[WireAnswer]
 
 
-Message = Ready | BootFailed | Retire | Broadcast | Gather | Reply | Deliver | Ask | Gathered
+class Publish(NamedTuple):
+    """Broadcast this for the master (``cluster-ctl broadcast``): with ``--broker`` only a
+    worker holds the key to sign it with."""
+
+    topic: str
+    payload: bytes
+
+
+Message = (Ready | BootFailed | Retire | Broadcast | Gather | Reply | Deliver | Ask | Gathered
+           | Publish)
 FROM_WORKER: Final = (Ready, BootFailed, Retire, Broadcast, Gather, Reply)
-FROM_MASTER: Final = (Deliver, Ask, Gathered)
+FROM_MASTER: Final = (Deliver, Ask, Gathered, Publish)
 KINDS: Final[tuple[type[Message], ...]] = FROM_WORKER + FROM_MASTER
 _CODES: Final[dict[type[Message], int]] = {kind: code for code, kind in enumerate(KINDS)}
 
@@ -171,5 +186,5 @@ def pack_reply(ok: bool, value: Any, limit: int) -> tuple[Status, bytes]:
 
 
 def unpack_answer(answer: WireAnswer) -> Answer:
-    worker_id, pid, status, payload = answer
-    return Answer(worker_id, pid, status, unpack(payload) if payload is not None else None)
+    worker_id, pid, status, payload, host = answer
+    return Answer(worker_id, pid, status, unpack(payload) if payload is not None else None, host)

@@ -355,3 +355,25 @@ def test_gather_in_a_worker_reports_the_missing_and_the_failed(cluster: FlaskClu
     assert info.value.missing == [1, 3]
     assert info.value.errors == {2: "KeyError: 'x'"}
     assert str(info.value) == "no reply from worker(s) 1, 3; worker 2 failed: KeyError: 'x'"
+
+
+def test_gather_across_hosts_orders_this_host_first_and_names_the_missing_hosts(
+        cluster: FlaskCluster, app: Flask, in_worker: RecordingMessenger) -> None:
+    in_worker.answers = [wire.Answer(0, 20, wire.OK, "b0", "host-b"),
+                         wire.Answer(1, 11, wire.OK, "a1"), wire.Answer(0, 10, wire.OK, "a0"),
+                         wire.Answer(0, 30, wire.OK, "c0", "host-c")]
+    with app.app_context():
+        assert cluster.gather("t") == ["a0", "a1", "b0", "c0"]
+
+    in_worker.answers = [wire.Answer(0, 10, wire.OK, "a0"),
+                         wire.Answer(1, 0, wire.MISSING, None, "host-b"),
+                         wire.Answer(0, 20, wire.ERROR, "KeyError: 'x'", "host-b"),
+                         wire.Answer(0, 0, wire.MISSING, None, "host-c")]
+    with app.app_context(), pytest.raises(GatherIncomplete) as info:
+        cluster.gather("t")
+
+    assert info.value.replies == {0: "a0"} and info.value.missing == [] and info.value.errors == {}
+    assert info.value.missing_hosts == {"host-b": [1], "host-c": [0]}
+    assert info.value.host_errors == {"host-b": {0: "KeyError: 'x'"}}
+    assert str(info.value) == ("no reply from host host-b worker(s) 1; no reply from host host-c "
+                               "worker(s) 0; host host-b worker 0 failed: KeyError: 'x'")

@@ -179,8 +179,8 @@ def test_gather_asks_everyone_and_answers_in_worker_id_order(hub: Hub, sent: Rec
     [(to, (request_id, answers))] = gathered(sent)
     assert to is asker
     assert request_id == 42
-    assert answers == [(0, 1000, wire.ERROR, b"ValueError: no"), (1, 1001, wire.OK, b"from 1"),
-                       (2, 1002, wire.OK, b"from 2")]
+    assert answers == [(0, 1000, wire.ERROR, b"ValueError: no", ""), (1, 1001, wire.OK, b"from 1", ""),
+                       (2, 1002, wire.OK, b"from 2", "")]
     assert hub.next_deadline() is None  # nothing pending
 
 
@@ -206,8 +206,8 @@ def test_gather_expiry_reports_the_missing(hub: Hub, sent: Recorder, peers: list
 
     hub.expire(deadline)
     [(_, (_, answers))] = gathered(sent)
-    assert answers == [(0, 1000, wire.OK, b"from 0"), (1, 1001, wire.MISSING, None),
-                       (2, 1002, wire.OK, b"from 2")]
+    assert answers == [(0, 1000, wire.OK, b"from 0", ""), (1, 1001, wire.MISSING, None, ""),
+                       (2, 1002, wire.OK, b"from 2", "")]
 
     reply(hub, peers[1], gather_id)  # too late: ignored, no second answer
     assert gathered(sent) == []
@@ -221,7 +221,7 @@ def test_worker_gone_is_reported_missing(hub: Hub, sent: Recorder, peers: list[P
     hub.worker_gone(peers[2])
 
     [(_, (_, answers))] = gathered(sent)
-    assert answers[2] == (2, 1002, wire.MISSING, None)
+    assert answers[2] == (2, 1002, wire.MISSING, None, "")
 
 
 def test_worker_gone_after_answering_keeps_its_answer(hub: Hub, sent: Recorder,
@@ -234,7 +234,7 @@ def test_worker_gone_after_answering_keeps_its_answer(hub: Hub, sent: Recorder,
     reply(hub, peers[1], gather_id)
 
     [(_, (_, answers))] = gathered(sent)
-    assert answers[2] == (2, 1002, wire.OK, b"from 2")
+    assert answers[2] == (2, 1002, wire.OK, b"from 2", "")
 
 
 def test_asker_gone_drops_its_gather(hub: Hub, sent: Recorder, peers: list[Peer]) -> None:

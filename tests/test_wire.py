@@ -19,7 +19,8 @@ EXAMPLES: list[wire.Message] = [
     wire.Reply(3, wire.ERROR, pickle.dumps("KeyError: 'x'")),
     wire.Deliver(12, "cache-clear", b"\x80\x05payload"),
     wire.Ask(3, "pid", b""),
-    wire.Gathered(7, [(0, 1000, wire.OK, b"x"), (1, 1001, wire.MISSING, None)]),
+    wire.Gathered(7, [(0, 1000, wire.OK, b"x", ""), (1, 1001, wire.MISSING, None, "")]),
+    wire.Publish("cache-clear", b"pickled"),
 ]
 
 
@@ -51,7 +52,7 @@ def test_the_master_decodes_without_importing_app_classes() -> None:
 def test_a_frame_carries_built_in_types_only() -> None:
     """So no frame can name a class for the master to import."""
     with pytest.raises(ValueError):
-        wire.encode(wire.Gathered(1, [wire.Answer(0, 1, wire.OK, b"")]))  # type: ignore[list-item]
+        wire.encode(wire.Gathered(1, [wire.Answer(0, 1, wire.OK, b"", "")]))  # type: ignore[list-item]
 
 
 # -- app data -------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def test_a_reply_that_cannot_be_sent_becomes_an_error(value: object, reason: str
 
 
 def test_unpack_answer() -> None:
-    assert wire.unpack_answer((2, 1002, wire.OK, pickle.dumps({"a": 1}))) == \
+    assert wire.unpack_answer((2, 1002, wire.OK, pickle.dumps({"a": 1}), "")) == \
         wire.Answer(2, 1002, wire.OK, {"a": 1})
-    assert wire.unpack_answer((3, 1003, wire.MISSING, None)) == \
-        wire.Answer(3, 1003, wire.MISSING, None)
+    assert wire.unpack_answer((3, 1003, wire.MISSING, None, "")) == \
+        wire.Answer(3, 1003, wire.MISSING, None, "")

@@ -3,7 +3,9 @@
 The hub forwards payloads as the bytes the sender pickled; it never unpickles app data. Where a
 broadcast gets its place in the order is the :class:`Relay`'s business: on one host the
 :class:`LocalRelay` numbers it and hands it straight back; a relay through a shared log (Redis
-Streams) plugs in here, and neither the extension nor the workers notice. Each worker's outgoing
+Streams) plugs in here, and neither the extension nor the workers notice. A relay that also
+reaches other hosts' workers for gathers (a :class:`HostRelay`) tells the hub whom to wait for
+there, carries the question out and the answers back. Each worker's outgoing
 buffer is bounded by :data:`MAX_WORKER_BACKLOG`: a worker that falls that far behind is reported
 stuck and replaced, never silently skipped.
 """
@@ -23,6 +25,8 @@ log = logging.getLogger("flask_cluster.master")
 
 MAX_WORKER_BACKLOG = 8 * 1024 * 1024
 """Bytes of messages the master holds for one worker before it counts as stuck."""
+ANSWER_MARGIN = 0.2
+"""Seconds before the asker's deadline another host stops waiting, so its answers travel back."""
 
 
 class Peer(Protocol):
@@ -58,13 +62,45 @@ class LocalRelay:
         self._deliver(next(self._seq), topic, payload, skip)
 
 
+class HostRelay(Relay, Protocol):
+    """A relay that also carries gathers to the workers of other hosts."""
+
+    def bind(self, asked: Asked, answered: Answered) -> None:
+        """Call ``asked`` for a question from another host, ``answered`` for its answers."""
+
+    def hosts(self) -> dict[str, list[int]]:
+        """The other live hosts and their worker ids: whom a gather waits for there."""
+
+    def ask(self, gather_id: int, topic: str, payload: bytes, deadline: float) -> None:
+        """Put the question to the other hosts; ``deadline`` in ``time.time()`` seconds."""
+
+    def answer(self, host: str, gather_id: int, answers: list[wire.WireAnswer]) -> None:
+        """Send this host's answers to ``host``'s gather ``gather_id``."""
+
+
+Asked = Callable[[str, int, str, bytes, float], None]
+"""``asked(host, gather_id, topic, payload, deadline)``: another host's gather question."""
+Answered = Callable[[str, int, list[wire.WireAnswer]], None]
+"""``answered(host, gather_id, answers)``: another host's answers to one of our gathers."""
+
+
+@dataclass(frozen=True)
+class _RemoteAsker:
+    host: str
+
+
+# A worker of this host by ("", pid); one of another host by (host, worker_id): their pids are
+# not known beforehand, only the worker ids each host announces.
+_Key = tuple[str, int]
+
+
 @dataclass
 class _Gather:
-    asker: Peer
+    asker: Peer | _RemoteAsker
     request_id: int
     deadline: float
-    expected: dict[int, int]  # pid -> worker_id
-    answers: dict[int, wire.WireAnswer] = field(default_factory=dict)  # by pid
+    expected: dict[_Key, int]  # -> worker_id
+    answers: dict[_Key, wire.WireAnswer] = field(default_factory=dict)
 
 
 class Hub:
@@ -75,6 +111,11 @@ class Hub:
         self._send = send
         self._live = live
         self._relay = relay(self._deliver)
+        self._hosts: HostRelay | None = None
+        if hasattr(self._relay, "bind"):
+            hosts: HostRelay = self._relay  # type: ignore[assignment]
+            hosts.bind(self._asked, self._answered)
+            self._hosts = hosts
         self._gather_ids = itertools.count(1)
         self._gathers: dict[int, _Gather] = {}
         self._handlers: dict[type[wire.Message], Callable[[Any, Any], None]] = {
@@ -102,8 +143,8 @@ class Hub:
         for gather_id, pending in list(self._gathers.items()):
             if pending.asker is peer:
                 del self._gathers[gather_id]
-            elif peer.pid in pending.expected and peer.pid not in pending.answers:
-                pending.answers[peer.pid] = (peer.worker_id, peer.pid, wire.MISSING, None)
+            elif ("", peer.pid) in pending.expected and ("", peer.pid) not in pending.answers:
+                pending.answers["", peer.pid] = (peer.worker_id, peer.pid, wire.MISSING, None, "")
                 self._finish_if_complete(gather_id)
 
     def expire(self, now: float) -> None:
@@ -132,22 +173,52 @@ class Hub:
                 self._send(peer, frame)
 
     def _gather(self, sender: Peer, message: wire.Gather) -> None:
+        gather_id = self._ask_here(sender, message.request_id, message.topic, message.payload,
+                                   message.timeout)
+        hosts = self._hosts.hosts() if self._hosts is not None else {}
+        if hosts:
+            assert self._hosts is not None
+            expected = self._gathers[gather_id].expected
+            for host, worker_ids in hosts.items():
+                expected.update(((host, worker_id), worker_id) for worker_id in worker_ids)
+            self._hosts.ask(gather_id, message.topic, message.payload,
+                            time.time() + message.timeout)
+        self._finish_if_complete(gather_id)
+
+    def _asked(self, host: str, gather_id: int, topic: str, payload: bytes,
+               deadline: float) -> None:
+        timeout = deadline - time.time() - ANSWER_MARGIN
+        if timeout > 0:  # else the asker has given up already: its answer would go nowhere
+            self._finish_if_complete(
+                self._ask_here(_RemoteAsker(host), gather_id, topic, payload, timeout))
+
+    def _ask_here(self, asker: Peer | _RemoteAsker, request_id: int, topic: str, payload: bytes,
+                  timeout: float) -> int:
+        """Put the question to this host's workers; the new gather's id."""
         gather_id = next(self._gather_ids)
         peers = self._live()
-        self._gathers[gather_id] = _Gather(sender, message.request_id,
-                                           time.monotonic() + message.timeout,
-                                           {peer.pid: peer.worker_id for peer in peers})
-        frame = wire.encode(wire.Ask(gather_id, message.topic, message.payload))
+        self._gathers[gather_id] = _Gather(asker, request_id, time.monotonic() + timeout,
+                                           {("", peer.pid): peer.worker_id for peer in peers})
+        frame = wire.encode(wire.Ask(gather_id, topic, payload))
         for peer in peers:
             self._send(peer, frame)
-        self._finish_if_complete(gather_id)
+        return gather_id
 
     def _reply(self, sender: Peer, message: wire.Reply) -> None:
         waiting = self._gathers.get(message.gather_id)
-        if waiting is not None and sender.pid in waiting.expected:
-            waiting.answers[sender.pid] = (sender.worker_id, sender.pid, message.status,
-                                           message.payload)
+        if waiting is not None and ("", sender.pid) in waiting.expected:
+            waiting.answers["", sender.pid] = (sender.worker_id, sender.pid, message.status,
+                                               message.payload, "")
             self._finish_if_complete(message.gather_id)
+
+    def _answered(self, host: str, gather_id: int, answers: list[wire.WireAnswer]) -> None:
+        waiting = self._gathers.get(gather_id)
+        if waiting is None or isinstance(waiting.asker, _RemoteAsker):
+            return  # too late, or not ours
+        for worker_id, pid, status, payload, _host in answers:
+            if (host, worker_id) in waiting.expected:
+                waiting.answers[host, worker_id] = (worker_id, pid, status, payload, host)
+        self._finish_if_complete(gather_id)
 
     def _finish_if_complete(self, gather_id: int) -> None:
         pending = self._gathers[gather_id]
@@ -156,7 +227,16 @@ class Hub:
 
     def _finish(self, gather_id: int) -> None:
         pending = self._gathers.pop(gather_id)
-        answers = [pending.answers.get(pid, (worker_id, pid, wire.MISSING, None))
-                   for pid, worker_id in pending.expected.items()]
-        answers.sort(key=lambda answer: answer[0])
-        self._send(pending.asker, wire.encode(wire.Gathered(pending.request_id, answers)))
+        answers = [pending.answers.get(key, _missing(key, worker_id))
+                   for key, worker_id in pending.expected.items()]
+        answers.sort(key=lambda answer: (answer[4], answer[0]))
+        if isinstance(pending.asker, _RemoteAsker):
+            if self._hosts is not None:
+                self._hosts.answer(pending.asker.host, pending.request_id, answers)
+        else:
+            self._send(pending.asker, wire.encode(wire.Gathered(pending.request_id, answers)))
+
+
+def _missing(key: _Key, worker_id: int) -> wire.WireAnswer:
+    host, number = key
+    return (worker_id, 0 if host else number, wire.MISSING, None, host)

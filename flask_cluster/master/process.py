@@ -132,7 +132,11 @@ class Master:
     def _open_broker(self, deliver: Deliver) -> RedisRelay:
         from .redis_relay import open_relay  # redis-py is an extra: imported only when asked for
 
-        self.broker = open_relay(deliver, self.config, self.app_name, self.selector)
+        def on_full(full: bool) -> None:
+            self.scoreboard.broker_full = full
+
+        self.broker = open_relay(deliver, self.config, self.app_name, self.selector, on_full,
+                                 lambda: [handle.worker_id for handle in self._live])
         return self.broker
 
     @property
@@ -172,6 +176,8 @@ class Master:
                 if handle.untaken and handle.reclaim is not None:
                     self.dispatcher.take_back(handle, handle.reclaim, alive=True)
         self._perform(self.roster.tick(now))
+        if self.broker is not None:
+            self.broker.tick(now)
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
             self.reload()
@@ -337,9 +343,12 @@ class Master:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
         if self.broker is not None:
             # The workers check every broadcast's signature and the master has no key to sign
-            # with: an unsigned one would be dropped on every host.
-            raise ValueError("cluster-ctl broadcast is not available with --broker: the master "
-                             "holds no signing key; broadcast from a view instead")
+            # with: a worker signs it and broadcasts it to every host.
+            live = self._live
+            if not live:
+                raise ValueError("no worker is serving to sign the broadcast: try again")
+            self.channels.send(live[0], wire.encode(wire.Publish(topic, wire.pack(data))))
+            return len(live)
         return self.hub.publish(topic, wire.pack(data))
 
     def status(self) -> dict[str, Any]:

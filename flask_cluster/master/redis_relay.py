@@ -1,18 +1,21 @@
-"""Broadcasts across machines: every master appends to one Redis Stream and delivers what it reads.
+"""Broadcasts and gathers across machines: every master appends to one Redis Stream and delivers
+what it reads.
 
 The stream is the one total order: a master does not deliver its own workers' broadcasts when
 they arrive but when it reads them back, so every host fans out the same entries in the same
-order. A broker process per master, forked before any worker, does the Redis I/O on two
-threads, each on its own connection (one blocks in ``XREAD``, the other appends); it trades
-frames with the master over a socket pair, so the master's loop never waits on the network and
-the hub delivers on the loop thread.
+order. The Redis I/O happens in a process of its own, the broker link (:mod:`.broker_link`);
+the master trades non-blocking frames with it on its own loop, and starts another when it dies.
 
-What survives a blip: outgoing broadcasts wait in a bounded :class:`Outbox` in order until Redis
-took them; the reader resumes from the last id it read. A write whose reply was lost is sent
-again, so an entry can appear twice in the stream: each entry carries its host's id and a number
-counting up per host, and every reader drops a number it has seen (:class:`Order`), so all hosts
-skip the same copies. A gap in a host's numbers means the stream was trimmed (``MAXLEN ~``) past
-entries this master never read: it logs how many it missed.
+Nothing is lost or doubled: the master numbers each entry it sends (per host, counting up) and
+keeps it until the link confirms Redis took it, at most ``--broker-buffer`` of them; past that
+the workers' ``broadcast`` raises (the scoreboard tells them). A new link gets every unconfirmed
+entry again, so an entry can appear twice in the stream; every reader drops a number it has seen
+(:class:`Order`), so all hosts skip the same copies. A gap in a host's numbers means the stream
+was trimmed (``MAXLEN ~``) past entries this master never read: it logs how many it missed.
+
+Gathers: each master announces its workers under a key with a short TTL (the link refreshes
+it); a gather puts its question in the stream, and each other host answers into the asker's own
+inbox stream, read by the asker's link only.
 """
 
 from __future__ import annotations
@@ -21,90 +24,26 @@ import logging
 import marshal
 import os
 import selectors
-import signal
 import socket
-import threading
-import urllib.parse
+import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from .. import ipc
+from .. import ipc, wire
 from ..config import Config
-from ..proctitle import set_title
-from ..wakeup import Wakeup
-from .hub import Deliver
+from . import entries
+from .backoff import Backoff
+from .broker_link import CHANNEL_FD, redact, stream_key
+from .entries import Fields
+from .hub import Answered, Asked, Deliver
 
 log = logging.getLogger("flask_cluster.master")
 
-BATCH = 512  # entries per XADD pipeline and per XREAD
-BLOCK_MS = 500  # how long an XREAD waits; also how soon a stopping reader notices
-SOCKET_TIMEOUT = 5.0
-STATUS_EVERY = 0.5  # seconds between the broker process's status reports to the master
-RETRY_FIRST, RETRY_CAP = 0.05, 2.0  # seconds between reconnection attempts, doubling
-Fields = dict[bytes, bytes]
-
-
-def stream_key(cluster_name: str) -> str:
-    return f"flask-cluster:{cluster_name}:stream"
-
-
-def connect(url: str) -> redis.Redis:
-    """One connection to ``url``; no retries of its own: the relay retries, in order."""
-    password = None if urllib.parse.urlsplit(url).password else os.environ.get("REDIS_PASSWORD")
-    return redis.Redis.from_url(url, password=password, single_connection_client=True,
-                                socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
-                                retry=Retry(NoBackoff(), 0))
-
-
-class Outbox:
-    """Broadcasts waiting for Redis, in order, at most ``limit`` of them; thread-safe."""
-
-    def __init__(self, host: str, limit: int) -> None:
-        self.host = host.encode()
-        self.limit = limit
-        self.dropped = 0
-        self._entries: deque[Fields] = deque()
-        self._number = 0  # numbers only what is kept: a gap then means trimmed, not dropped
-        self._ready = threading.Condition()
-
-    def put(self, topic: str, payload: bytes, skip: int | None) -> bool:
-        """Queue a broadcast; ``False`` (and counted) when ``limit`` are waiting already."""
-        with self._ready:
-            if len(self._entries) >= self.limit:
-                self.dropped += 1
-                return False
-            self._number += 1
-            self._entries.append({b"h": self.host, b"n": b"%d" % self._number,
-                                  b"t": topic.encode(), b"p": payload,
-                                  b"k": b"" if skip is None else b"%d" % skip})
-            self._ready.notify()
-        return True
-
-    def peek(self, count: int, timeout: float) -> list[Fields]:
-        """The oldest ``count`` entries, still queued; waits up to ``timeout`` for one."""
-        with self._ready:
-            if not self._entries:
-                self._ready.wait(timeout)
-            return [self._entries[index] for index in range(min(count, len(self._entries)))]
-
-    def sent(self, count: int) -> None:
-        """Redis took the oldest ``count``."""
-        with self._ready:
-            for _ in range(count):
-                self._entries.popleft()
-
-    def wake(self) -> None:
-        with self._ready:
-            self._ready.notify_all()
-
-    def __len__(self) -> int:
-        return len(self._entries)
+STEADY = 10.0  # seconds a link must live before its restart delay starts over
+RESTART_CAP = 5.0  # seconds, at most, between a link's death and the next one's start
 
 
 class Order:
@@ -128,240 +67,271 @@ class Order:
         return True
 
 
-class Link:
-    """The broker process: two threads, each with its own Redis connection, and a loop that
-    trades frames with the master (``("p", topic, payload, skip)`` in; ``("e", entries)`` and
-    ``("s", status)`` out)."""
+class Unconfirmed:
+    """Entries sent to the link that Redis has not taken yet, numbered, in order."""
 
-    def __init__(self, channel: ipc.MessageChannel, *, url: str, stream: str, host: str,
-                 buffer: int, stream_len: int, connect: Callable[[str], Any] = connect) -> None:
-        self.channel = channel
-        self._url = url
-        self._connect = connect
-        self.stream = stream
-        self.stream_len = stream_len
-        self.outbox = Outbox(host, buffer)
-        self._wakeup = Wakeup()  # the reader thread wakes the loop for new entries
-        self._inbox: deque[tuple[bytes, Fields]] = deque()  # read, not yet sent to the master
-        self.last_id = b""  # of the last entry read; where reading resumes
-        self._up = {"reading": False, "writing": False}
-        self._positioned = threading.Event()  # the reader knows where the stream ends
-        self._stopping = threading.Event()
-        self._overflowing = False
+    def __init__(self, limit: int, on_full: Callable[[bool], None]) -> None:
+        self.limit = limit
+        self.number = 0
+        self._entries: deque[tuple[int, Fields]] = deque()
+        self._on_full = on_full
+        self.full = False
 
-    def run(self) -> None:
-        threads = [threading.Thread(target=self._read, daemon=True),
-                   threading.Thread(target=self._write, daemon=True)]
-        for thread in threads:
-            thread.start()
-        selector = selectors.DefaultSelector()
-        selector.register(self.channel.sock, selectors.EVENT_READ)
-        selector.register(self._wakeup.reader, selectors.EVENT_READ)
-        try:
-            while True:
-                selector.select(STATUS_EVERY)
-                try:
-                    frames = self.channel.receive()
-                except ipc.ChannelClosed:
-                    return  # the master is gone
-                for frame in frames:
-                    _kind, topic, payload, skip = marshal.loads(frame)
-                    self._publish(topic, payload, skip)
-                self._forward()
-        finally:
-            self._stopping.set()
-            self.outbox.wake()
+    def add(self, entry: Callable[[int], Fields]) -> tuple[int, Fields]:
+        """Number the next entry, ``entry(number)``, and keep it until confirmed."""
+        self.number += 1
+        fields = entry(self.number)
+        self._entries.append((self.number, fields))
+        self._check()
+        return self.number, fields
 
-    def _publish(self, topic: str, payload: bytes, skip: int | None) -> None:
-        if self.outbox.put(topic, payload, skip):
-            self._overflowing = False
-        elif not self._overflowing:  # one line per overflow, not one per broadcast
-            self._overflowing = True
-            log.error("broker unreachable and %d broadcasts waiting (--broker-buffer): dropping "
-                      "broadcasts until it is back", self.outbox.limit)
+    def confirmed(self, number: int) -> None:
+        while self._entries and self._entries[0][0] <= number:
+            self._entries.popleft()
+        self._check()
 
-    def _forward(self) -> None:
-        self._wakeup.drain()
-        entries = []
-        while self._inbox:
-            entries.append(self._inbox.popleft())
-        if entries:
-            self.channel.queue(marshal.dumps(("e", entries)))
-        self.channel.queue(marshal.dumps(("s", {
-            "connected": all(self._up.values()), "buffered": len(self.outbox),
-            "dropped": self.outbox.dropped})))
-        self.channel.sock.setblocking(True)  # the master reads at once; never drop an entry
-        try:
-            self.channel.flush()
-        finally:
-            self.channel.sock.setblocking(False)
+    def _check(self) -> None:
+        # Workers read the flag before they send: those already sending when it goes up are
+        # kept, so the bound is exceeded by at most what was on the way, and nothing is lost.
+        full = len(self._entries) >= self.limit
+        if full != self.full:
+            self.full = full
+            self._on_full(full)
+            if full:
+                log.error("broker unreachable and %d broadcasts waiting (--broker-buffer): "
+                          "broadcast() raises BrokerBufferFull until it is back", self.limit)
 
-    # -- the threads --------------------------------------------------------------------------
+    def __iter__(self) -> Any:
+        return iter(list(self._entries))
 
-    def _read(self) -> None:
-        self._with_redis("reading", self._read_from)
-
-    def _read_from(self, client: Any) -> None:
-        if not self._positioned.is_set():
-            # Start after the last entry now, and only then let the writer append: our own
-            # first broadcast is read back, and nothing older is replayed.
-            newest = client.xrevrange(self.stream, count=1)
-            self.last_id = newest[0][0] if newest else b"0-0"
-            self._positioned.set()
-        while not self._stopping.is_set():
-            reply = client.xread({self.stream: self.last_id}, count=BATCH, block=BLOCK_MS)
-            for _stream, entries in reply or ():
-                if entries:
-                    self._inbox.extend(entries)
-                    self.last_id = entries[-1][0]
-                    self._wakeup.wake()
-
-    def _write(self) -> None:
-        self._positioned.wait()
-        self._with_redis("writing", self._write_to)
-
-    def _write_to(self, client: Any) -> None:
-        while not self._stopping.is_set():
-            batch = self.outbox.peek(BATCH, BLOCK_MS / 1000)
-            if not batch:
-                continue
-            pipe = client.pipeline(transaction=False)
-            for fields in batch:
-                pipe.xadd(self.stream, fields, maxlen=self.stream_len, approximate=True)
-            pipe.execute()
-            self.outbox.sent(len(batch))
-
-    def _with_redis(self, doing: str, work: Callable[[Any], None]) -> None:
-        """Run ``work`` on a connection until stopped; on errors log once, back off, reconnect."""
-        delay = RETRY_FIRST
-        failing = False
-        while not self._stopping.is_set():
-            client = None
-            try:
-                client = self._connect(self._url)
-                client.ping()
-                if failing:
-                    log.warning("broker %s back: %s resumes", redact(self._url), doing)
-                failing = False
-                delay = RETRY_FIRST
-                self._up[doing] = True
-                work(client)
-            except (redis.RedisError, OSError) as exc:
-                self._up[doing] = False
-                if not failing:
-                    log.error("broker %s lost while %s (%s): retrying; broadcasts wait, HTTP "
-                              "goes on", redact(self._url), doing, exc)
-                failing = True
-                self._stopping.wait(delay)
-                delay = min(RETRY_CAP, delay * 2)
-            finally:
-                if client is not None:
-                    client.close()
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class RedisRelay:
-    """A :class:`~flask_cluster.master.hub.Relay` through a Redis Stream shared by every host.
-
-    The Redis I/O runs in a process of its own, forked before any worker: threads in the master
-    would be forked along with it mid-import and leave a worker waiting forever on a module
-    lock they held. The master trades non-blocking frames with it, on its own loop.
-    """
+    """A :class:`~flask_cluster.master.hub.HostRelay` through a Redis Stream shared by every host."""
 
     def __init__(self, deliver: Deliver, *, url: str, cluster_name: str, buffer: int,
-                 stream_len: int, selector: selectors.BaseSelector) -> None:
+                 stream_len: int, selector: selectors.BaseSelector, log_level: str = "info",
+                 log_format: str = "text", on_full: Callable[[bool], None] = lambda _full: None,
+                 workers: Callable[[], list[int]] = list) -> None:
         self._deliver = deliver
         self._url = url
         self.stream = stream_key(cluster_name)
-        self.host = uuid.uuid4().hex
+        self.host = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._host = self.host.encode()
+        self._settings = {"url": url, "cluster_name": cluster_name, "host": self.host,
+                          "stream_len": stream_len, "log_level": log_level,
+                          "log_format": log_format}
         self.order = Order()
+        self.malformed = 0  # entries in our keys that no master wrote
+        self.unconfirmed = Unconfirmed(buffer, on_full)
+        self._workers = workers
+        self._announced: list[int] | None = None
         self._seq = 0
-        self.delivered_id = b""
-        self.lag = 0
-        self._link_status: dict[str, Any] = {"connected": False, "buffered": 0, "dropped": 0}
+        # Where a link starts reading: first, where this master started (stream ids are the
+        # Redis server's clock in ms), so nothing sent while the first link connects is missed.
+        self.delivered_id = f"{int(time.time() * 1000)}-0"
+        self._link_status: dict[str, Any] = {"connected": False, "hosts": {}, "newest_id": ""}
+        self._asked: Asked = lambda *_args: None
+        self._answered: Answered = lambda *_args: None
+        self._selector = selector
+        self._backoff = Backoff(cap=RESTART_CAP, stable_after=STEADY)
+        self.restarts = 0
+        self._restart_at: float | None = None
+        self._started = 0.0
+        self.pid = 0
+        self.channel: ipc.MessageChannel | None = None
+        self._writing = False  # waiting for the socket to take queued frames
+        self._start_link()
+
+    # -- the link process ---------------------------------------------------------------------
+
+    def _start_link(self) -> None:
         ours, theirs = socket.socketpair()
-        self.pid = os.fork()
-        if self.pid == 0:  # the broker process
-            code = 1
-            try:
-                ours.close()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when to stop
-                set_title(f"flask-cluster broker [{cluster_name}]")
-                theirs.setblocking(False)
-                Link(ipc.MessageChannel(theirs), url=url, stream=self.stream, host=self.host,
-                     buffer=buffer, stream_len=stream_len).run()
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable, [sys.executable, "-m", "flask_cluster.master.broker_link"],
+                os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), CHANNEL_FD)])
+        finally:
+            theirs.close()
         ours.setblocking(False)
         self.channel = ipc.MessageChannel(ours)
-        self._selector = selector
-        selector.register(ours, selectors.EVENT_READ, self._on_ready)
+        self._started = time.monotonic()
+        self._announced = None
+        self.channel.queue(marshal.dumps({**self._settings, "last_id": self.delivered_id}))
+        for number, fields in self.unconfirmed:  # Redis may have some: Order drops the copies
+            self.channel.queue(marshal.dumps(("p", number, fields)))
+        self._selector.register(ours, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_ready)
+        self._writing = True
 
-    def publish(self, topic: str, payload: bytes, skip: int | None) -> None:
-        self.channel.queue(marshal.dumps(("p", topic, payload, skip)))
-        if not self.channel.flush():
+    def _link_gone(self) -> None:
+        assert self.channel is not None
+        self._selector.unregister(self.channel.sock)
+        self.channel.close()
+        self.channel = None
+        delay = self._backoff.delay(0, time.monotonic() - self._started)
+        log.error("the broker link (pid %d) is gone: starting another in %.1fs; %d broadcasts "
+                  "wait for it", self.pid, delay, len(self.unconfirmed))
+        self._restart_at = time.monotonic() + delay
+
+    def tick(self, now: float) -> None:
+        """From the master's housekeeping: restart a dead link when due; announce our workers."""
+        if self._restart_at is not None and now >= self._restart_at:
+            self._restart_at = None
+            self.restarts += 1
+            self._start_link()
+        workers = self._workers()
+        if self.channel is not None and workers != self._announced:
+            self._announced = workers
+            self._send(("w", entries.announcement(workers, os.getpid())))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self.channel is None:
+            return  # the link restarts soon and gets what matters again
+        self.channel.queue(marshal.dumps(message))
+        if not self._writing:  # sent when the loop comes round: many broadcasts, one send
+            self._writing = True
             self._selector.modify(self.channel.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
                                   self._on_ready)
 
-    def _on_ready(self, _sock: Any, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE and self.channel.flush():
+    def _flush(self) -> None:
+        assert self.channel is not None
+        try:
+            done = self.channel.flush()
+        except ipc.ChannelClosed:
+            return  # the read side notices and restarts the link
+        if done:
+            self._writing = False
             self._selector.modify(self.channel.sock, selectors.EVENT_READ, self._on_ready)
+
+    def _on_ready(self, _sock: Any, mask: int) -> None:
+        assert self.channel is not None
+        if mask & selectors.EVENT_WRITE:
+            self._flush()
         if not mask & selectors.EVENT_READ:
             return
         try:
             frames = self.channel.receive()
         except ipc.ChannelClosed:
-            log.error("the broker process is gone: broadcasts stop until the master restarts")
-            self._selector.unregister(self.channel.sock)
+            self._link_gone()
             return
         for frame in frames:
             kind, body = marshal.loads(frame)
-            if kind == "s":
-                self._link_status = body
-            else:
+            if kind == "e":
                 self._deliver_entries(body)
+            elif kind == "i":
+                self._answers(body)
+            elif kind == "c":
+                self.unconfirmed.confirmed(body)
+            else:
+                self._link_status = body
 
-    def _deliver_entries(self, entries: list[tuple[bytes, Fields]]) -> None:
-        for entry_id, fields in entries:
-            self.delivered_id = entry_id
-            if not self.order.accept(fields[b"h"], int(fields[b"n"])):
+    # -- the hub's side -----------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, skip: int | None) -> None:
+        self._append(lambda number: entries.broadcast_fields(self._host, number, topic, payload,
+                                                             skip))
+
+    def bind(self, asked: Asked, answered: Answered) -> None:
+        self._asked, self._answered = asked, answered
+
+    def hosts(self) -> dict[str, list[int]]:
+        hosts = {}
+        for host, announcement in self._link_status["hosts"].items():
+            workers = entries.parse_workers(announcement)
+            if workers is None:
+                self._malformed("host announcement")
+            elif host != self.host:
+                hosts[host] = workers
+        return hosts
+
+    def ask(self, gather_id: int, topic: str, payload: bytes, deadline: float) -> None:
+        self._append(lambda number: entries.question_fields(self._host, number, gather_id, topic,
+                                                            payload, deadline))
+
+    def answer(self, host: str, gather_id: int, answers: list[wire.WireAnswer]) -> None:
+        self._send(("r", host, {b"h": self._host, b"g": b"%d" % gather_id,
+                                b"a": entries.pack_answers(answers)}))
+
+    def _append(self, entry: Callable[[int], Fields]) -> None:
+        number, fields = self.unconfirmed.add(entry)
+        self._send(("p", number, fields))
+
+    def _deliver_entries(self, read: list[tuple[bytes, Fields]]) -> None:
+        for entry_id, fields in read:
+            self.delivered_id = entry_id.decode()
+            entry = entries.parse_entry(fields)
+            if entry is None:
+                self._malformed("stream entry")
                 continue
-            skip = int(fields[b"k"]) if fields[b"k"] and fields[b"h"] == self._host else None
+            if not self.order.accept(entry.host, entry.number):
+                continue
+            ours = entry.host == self._host
+            if entry.gather_id is not None:  # a question; our own workers were asked directly
+                if not ours:
+                    self._asked(entry.host.decode(errors="replace"), entry.gather_id,
+                                entry.topic, entry.payload, entry.deadline)
+                continue
             self._seq += 1
-            self._deliver(self._seq, fields[b"t"].decode(), fields[b"p"], skip)
+            self._deliver(self._seq, entry.topic, entry.payload, entry.skip if ours else None)
+
+    def _answers(self, read: list[tuple[bytes, Fields]]) -> None:
+        for _entry_id, fields in read:
+            try:
+                host, gather_id = fields[b"h"].decode(), int(fields[b"g"])
+                answers = entries.parse_answers(fields[b"a"], host)
+            except (KeyError, ValueError):
+                answers = None
+            if answers is None:
+                self._malformed("gather answer")
+            else:
+                self._answered(host, gather_id, answers)
+
+    def _malformed(self, what: str) -> None:
+        """Someone else wrote to our keys: drop it, log the first, count them all."""
+        self.malformed += 1
+        if self.malformed == 1:
+            log.error("a malformed %s in Redis, not written by a master: dropped (more are "
+                      "counted in cluster-ctl status, not logged)", what)
+
+    # -- the master's side --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return {"url": redact(self._url), "stream": self.stream, **self._link_status,
-                "last_id": self.delivered_id.decode(), "missed": self.order.missed,
-                "hosts_seen": len(self.order.last)}
+        newest = self._link_status["newest_id"]
+        lag_ms = max(0, _ms(newest) - _ms(self.delivered_id)) if newest and self.delivered_id \
+            else 0
+        return {"url": redact(self._url), "stream": self.stream, "host": self.host,
+                "connected": self.channel is not None and self._link_status["connected"],
+                "buffered": len(self.unconfirmed), "full": self.unconfirmed.full,
+                "last_id": self.delivered_id, "lag_ms": lag_ms, "missed": self.order.missed,
+                "malformed": self.malformed,
+                "hosts_seen": sorted(self._link_status["hosts"]), "link_pid": self.pid,
+                "link_restarts": self.restarts}
 
     def sockets(self) -> list[socket.socket]:
         """What a forked worker closes: its copy of the master's end."""
-        return [self.channel.sock]
+        return [] if self.channel is None else [self.channel.sock]
 
     def close(self) -> None:
-        """The broker process sees its channel close and exits; the master reaps it."""
-        if self.channel.sock.fileno() in self._selector.get_map():
+        """The link sees its channel close and exits; the master reaps it."""
+        self._restart_at = None
+        if self.channel is not None:
             self._selector.unregister(self.channel.sock)
-        self.channel.close()
+            self.channel.close()
+            self.channel = None
 
 
-def redact(url: str) -> str:
-    """``url`` without its password, for logs and status."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, place = rest.rpartition("@")
-    if not at:
-        return url
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{place}" if user else f"{scheme}{sep}***@{place}"
+def _ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0] or 0)
 
 
 def open_relay(deliver: Deliver, config: Config, app_name: str,
-               selector: selectors.BaseSelector) -> RedisRelay:
+               selector: selectors.BaseSelector, on_full: Callable[[bool], None],
+               workers: Callable[[], list[int]]) -> RedisRelay:
     """The relay ``--broker`` asks for, on the stream of ``--cluster-name`` (default: the app)."""
     assert config.broker is not None
     return RedisRelay(deliver, url=config.broker, cluster_name=config.cluster_name or app_name,
                       buffer=config.broker_buffer, stream_len=config.broker_stream_len,
-                      selector=selector)
+                      selector=selector, log_level=config.log_level, log_format=config.log_format,
+                      on_full=on_full, workers=workers)

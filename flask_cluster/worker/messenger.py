@@ -9,8 +9,11 @@ runs as soon as the view returns; gather questions are answered at once.
 Deliveries carry the master's sequence number: a worker runs each broadcast once, in that order,
 and :attr:`WorkerMessenger.last_seq` says how far it got.
 
-With a broker, broadcasts cross machines: they are signed here with the app's key and checked
-here before they are unpickled (:mod:`flask_cluster.signing`); the master only relays them.
+With a broker, broadcasts, gather questions and replies cross machines: they are signed here with
+the app's key and checked here before they are unpickled (:mod:`flask_cluster.signing`), and a
+signed message copied back into the stream is refused (:mod:`.replay`); the master only relays
+them. It also tells, through shared memory, when its buffer for an unreachable broker is full:
+:meth:`WorkerMessenger.broadcast` then raises in the view instead of losing the broadcast.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from .. import ipc, signing, wire
+from .replay import ReplayGuard
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -40,8 +44,10 @@ REPLY_GRACE = 1.0  # how much longer than its timeout a gather waits for the mas
 
 class WorkerMessenger:
     def __init__(self, channel: ipc.MessageChannel, worker_id: int, app: Flask,
-                 extension: FlaskCluster | None, *, signing_key: bytes | None = None) -> None:
-        """``signing_key``: with a broker, the key broadcasts are signed and checked with."""
+                 extension: FlaskCluster | None, *, signing_key: bytes | None = None,
+                 broker_full: Callable[[], bool] = lambda: False) -> None:
+        """``signing_key``: with a broker, the key messages are signed and checked with;
+        ``broker_full``: the master holds ``--broker-buffer`` broadcasts it could not send."""
         self.channel = channel
         self.worker_id = worker_id
         self.app = app
@@ -50,6 +56,10 @@ class WorkerMessenger:
         self.last_seq = 0  # of the last broadcast run here
         self.signing_key = signing_key
         self.rejected = 0  # deliveries dropped for a missing or wrong signature
+        self.replayed = 0  # signed deliveries dropped as copies or stale
+        self._stamper = signing.Stamper()
+        self._guard = ReplayGuard()
+        self._broker_full = broker_full
         self._send_lock = threading.RLock()  # a gather answered while sending sends too
         self._request_ids = itertools.count(1)
         self._waiting: dict[int, Future[list[wire.Answer]]] = {}
@@ -57,6 +67,7 @@ class WorkerMessenger:
             wire.Deliver: self._on_deliver,
             wire.Ask: self._on_ask,
             wire.Gathered: self._on_gathered,
+            wire.Publish: self._on_publish,
         }
         self._loop_thread = threading.get_ident()
         self._engine: Engine | None = None
@@ -72,16 +83,20 @@ class WorkerMessenger:
     # -- runtime.Messenger --------------------------------------------------------------------
 
     def broadcast(self, topic: str, payload: bytes, include_self: bool) -> None:
-        if self.signing_key is not None:
-            payload = signing.sign(self.signing_key, topic, payload)
-        self._send(wire.encode(wire.Broadcast(topic, payload, include_self)))
+        if self._broker_full():
+            raise wire.BrokerBufferFull(
+                "the broker is unreachable and --broker-buffer broadcasts wait already: this "
+                "one is refused, not sent")
+        self._send_signed(signing.BROADCAST, topic, payload,
+                          lambda signed: wire.Broadcast(topic, signed, include_self))
 
     def gather(self, topic: str, payload: bytes, timeout: float) -> list[wire.Answer]:
         request_id = next(self._request_ids)
         future: Future[list[wire.Answer]] = Future()
         self._waiting[request_id] = future
         try:
-            self._send(wire.encode(wire.Gather(request_id, topic, payload, timeout)))
+            self._send_signed(signing.ASK, topic, payload,
+                              lambda signed: wire.Gather(request_id, topic, signed, timeout))
             deadline = time.monotonic() + timeout + REPLY_GRACE
             if threading.get_ident() == self._loop_thread:
                 while not future.done():
@@ -93,6 +108,41 @@ class WorkerMessenger:
             raise TimeoutError("the master did not answer the gather")
         finally:
             self._waiting.pop(request_id, None)
+
+    # -- signing ------------------------------------------------------------------------------
+
+    def _send_signed(self, purpose: bytes, topic: str, payload: bytes,
+                     message: Callable[[bytes], wire.Message]) -> None:
+        # Stamped and sent under one lock: with --threads, stamps leave in the order of their
+        # counters, and a receiver refuses a counter that goes back as a copy.
+        with self._send_lock:
+            self._send(wire.encode(message(self._sign(purpose, topic, payload))))
+
+    def _sign(self, purpose: bytes, topic: str, payload: bytes) -> bytes:
+        if self.signing_key is None:
+            return payload
+        return signing.sign(self.signing_key, purpose, topic, payload, self._stamper.next(purpose))
+
+    def _verified(self, purpose: bytes, topic: str, payload: bytes) -> bytes | None:
+        """``payload`` with its signature checked and removed, or ``None`` (logged, counted)."""
+        if self.signing_key is None:
+            return payload
+        checked = signing.verify(self.signing_key, purpose, topic, payload)
+        if checked is None:
+            self.rejected += 1
+            log.warning("%r dropped: its signature is missing or wrong (%d so far)", topic,
+                        self.rejected)
+            return None
+        stamp, payload = checked
+        if purpose != signing.REPLY:
+            why = self._guard.refuse(purpose, stamp)
+            if why is not None:
+                self.replayed += 1
+                if self.replayed == 1:  # one line, not one per copy: a flood stays readable
+                    log.warning("%r dropped: %s; further ones are dropped and counted quietly",
+                                topic, why)
+                return None
+        return payload
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -154,26 +204,38 @@ class WorkerMessenger:
                         self.last_seq)
             return
         self.last_seq = message.seq
-        payload = message.payload
-        if self.signing_key is not None:
-            verified = signing.verify(self.signing_key, message.topic, payload)
-            if verified is None:
-                self.rejected += 1
-                log.warning("broadcast %r dropped: its signature is missing or wrong (%d so far)",
-                            message.topic, self.rejected)
-                return
-            payload = verified
-        self._handle(message.topic, payload)
+        payload = self._verified(signing.BROADCAST, message.topic, message.payload)
+        if payload is not None:
+            self._handle(message.topic, payload)
 
     def _on_ask(self, message: wire.Ask) -> None:
-        ok, value = self._handle(message.topic, message.payload)
-        status, payload = wire.pack_reply(ok, value, wire.limit_of(self.app.config))
-        self._send(wire.encode(wire.Reply(message.gather_id, status, payload)))
+        payload = self._verified(signing.ASK, message.topic, message.payload)
+        if payload is None:
+            return  # the asker reports this worker missing
+        ok, value = self._handle(message.topic, payload)
+        status, reply = wire.pack_reply(ok, value, wire.limit_of(self.app.config))
+        self._send(wire.encode(wire.Reply(message.gather_id, status,
+                                          self._sign(signing.REPLY, "", reply))))
+
+    def _on_publish(self, message: wire.Publish) -> None:
+        try:
+            self.broadcast(message.topic, message.payload, True)
+        except wire.BrokerBufferFull as exc:
+            log.error("cluster-ctl broadcast %r not sent: %s", message.topic, exc)
 
     def _on_gathered(self, message: wire.Gathered) -> None:
         future = self._waiting.get(message.request_id)
         if future is not None and not future.done():
-            future.set_result([wire.unpack_answer(answer) for answer in message.answers])
+            future.set_result([self._answer(answer) for answer in message.answers])
+
+    def _answer(self, answer: wire.WireAnswer) -> wire.Answer:
+        worker_id, pid, status, payload, host = answer
+        if payload is not None:
+            payload = self._verified(signing.REPLY, "", payload)
+            if payload is None:
+                return wire.Answer(worker_id, pid, wire.ERROR,
+                                   "reply dropped: its signature is missing or wrong", host)
+        return wire.unpack_answer((worker_id, pid, status, payload, host))
 
     def _handle(self, topic: str, payload: bytes) -> tuple[bool, Any]:
         if self.extension is None:

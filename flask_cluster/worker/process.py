@@ -88,7 +88,8 @@ class Worker:
         try:
             key = signing.key_of(app.config) if self.config.broker else None
             messenger = WorkerMessenger(self.channel, self.worker_id, app, extension,
-                                        signing_key=key)
+                                        signing_key=key,
+                                        broker_full=lambda: self.scoreboard.broker_full)
             runtime.current = runtime.WorkerRuntime(
                 self.worker_id, messenger, lambda: self.scoreboard.worker_count)
             if extension is not None:

@@ -55,7 +55,8 @@ def state(_data: Any) -> dict[str, Any]:
 
 def _incomplete(exc: GatherIncomplete) -> Any:
     return jsonify(error="GatherIncomplete", replies={str(k): v for k, v in exc.replies.items()},
-                   missing=exc.missing, errors={str(k): v for k, v in exc.errors.items()}), 504
+                   missing=exc.missing, errors={str(k): v for k, v in exc.errors.items()},
+                   missing_hosts=exc.missing_hosts), 504
 
 
 def create_app() -> Flask:
@@ -77,7 +78,8 @@ def create_app() -> Flask:
     @app.post("/broadcast/order")
     def broadcast_order() -> Any:
         tag, count = request.args["tag"], int(request.args["n"])
-        for index in range(count):
+        start = int(request.args.get("from", "0"))
+        for index in range(start, start + count):
             cluster.broadcast("order", [tag, index])
         return jsonify(sent=count, pid=os.getpid())
 

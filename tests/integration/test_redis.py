@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from flask_cluster import signing
-from flask_cluster.master.redis_relay import stream_key
+from flask_cluster.master import entries
+from flask_cluster.master.broker_link import stream_key
 from tests.conftest import ClusterProcess, StartCluster, wait_until
-from tests.integration.test_messages import wait_for_states
 
 redis = pytest.importorskip("redis")
 xprocess_module = pytest.importorskip("xprocess")
@@ -96,6 +96,26 @@ def send_order(cluster: ClusterProcess, tag: str, count: int) -> None:
     cluster.get_json(f"/broadcast/order?tag={tag}&n={count}", "POST")
 
 
+def wait_for_states(cluster: ClusterProcess, done: Callable[[dict[str, Any]], Any],
+                    timeout: float, workers: int | None = None) -> list[dict[str, Any]]:
+    """Poll the recorded state of every worker on every host (a gather through the broker)
+    until there are ``workers`` of them (default: the cluster's) and ``done(state)`` holds for
+    each."""
+    wanted = cluster.workers if workers is None else workers
+    states: list[dict[str, Any]] = []
+
+    def all_done() -> bool:
+        nonlocal states
+        reply = cluster.request("/state")
+        states = reply.json()["workers"] if reply.status == 200 else []
+        return len(states) == wanted and all(done(state) for state in states)
+
+    wait_until(all_done, timeout, interval=0.1, message=lambda: "every worker's handlers: " + ", ".join(
+        f"pid {s['pid']}: {len(s['numbers'])} numbers, {len(s['ordered'])} ordered"
+        for s in states))
+    return states
+
+
 def test_broadcasts_from_two_hosts_reach_every_worker_once_in_one_order(
         start_cluster: StartCluster, redis_server: Callable[..., RedisServer]) -> None:
     server = redis_server()
@@ -104,9 +124,8 @@ def test_broadcasts_from_two_hosts_reach_every_worker_once_in_one_order(
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda pair: send_order(*pair, 500), [(one, "a"), (two, "b")]))
 
-    states = [state for cluster in (one, two) for state in
-              wait_for_states(cluster, lambda state: len(state["ordered"]) >= 1000, 60)]
-    assert len(states) == 4
+    states = wait_for_states(one, lambda state: len(state["ordered"]) >= 1000, 60, workers=4)
+    assert len({state["pid"] for state in states}) == 4
     first = states[0]["ordered"]
     assert sorted(map(tuple, first)) == sorted([("a", i) for i in range(500)]
                                                + [("b", i) for i in range(500)])
@@ -121,15 +140,20 @@ def test_entries_unsigned_or_signed_with_another_key_run_no_handler(
     cluster = start_cluster(APP, "--broker", server.url, "--cluster-name", "forged", workers=2)
     forged = pickle.dumps(666)
     client = server.client()
-    for number, payload in enumerate([forged, signing.sign(b"another key", "number", forged),
-                                      b"short"], start=1):
-        client.xadd(stream_key("forged"), {"h": "intruder", "n": number, "t": "number",
-                                           "p": payload, "k": ""})
+    stamp = signing.Stamper().next(signing.BROADCAST)
+    for number, payload in enumerate([
+            forged, signing.sign(b"another key", signing.BROADCAST, "number", forged, stamp),
+            b"short"], start=1):
+        client.xadd(stream_key("forged"),
+                    entries.broadcast_fields(b"intruder", number, "number", payload, None))
+    for malformed in ({"garbage": "1"}, {"m": "b intruder four - number", "p": ""}):
+        client.xadd(stream_key("forged"), malformed)  # type: ignore[arg-type]
 
     cluster.get_json("/broadcast/number?n=1", "POST")
 
     states = wait_for_states(cluster, lambda state: state["numbers"], 30)
     assert all(state["numbers"] == [0] for state in states)
+    assert cluster.log().count("a malformed stream entry in Redis") == 1  # and the master lives
     wait_until(lambda: cluster.log().count("signature is missing or wrong") == 6, 10,
                message="three rejections logged by each of two workers")
 
@@ -139,6 +163,8 @@ def test_two_cluster_names_on_one_redis_never_see_each_others_messages(
     server = redis_server()
     one = start_cluster(APP, "--broker", server.url, "--cluster-name", "one", workers=1)
     two = start_cluster(APP, "--broker", server.url, "--cluster-name", "two", workers=1)
+    for cluster in (one, two):  # a gather sees this host only: the other name is not a host here
+        wait_for_states(cluster, lambda state: True, 10)
 
     send_order(one, "one", 3)
     send_order(two, "two", 3)
@@ -154,7 +180,7 @@ def test_nothing_lost_or_repeated_while_redis_is_down(
     server = redis_server(durable=True)
     one, two = two_hosts(start_cluster, server, name="blip", workers=1)
     send_order(one, "before", 10)
-    wait_for_states(two, lambda state: len(state["ordered"]) >= 10, 30)
+    wait_for_states(two, lambda state: len(state["ordered"]) >= 10, 30, workers=2)
 
     server.stop()
     wait_until(lambda: "lost while" in one.log() and "lost while" in two.log(), 15,
@@ -164,8 +190,7 @@ def test_nothing_lost_or_repeated_while_redis_is_down(
     time.sleep(3)  # the outage the broadcasts wait through: part of the scenario, not a wait
     server.start()
 
-    states = [state for cluster in (one, two) for state in
-              wait_for_states(cluster, lambda state: len(state["ordered"]) >= 210, 60)]
+    states = wait_for_states(one, lambda state: len(state["ordered"]) >= 210, 60, workers=2)
     first = states[0]["ordered"]
     assert sorted(map(tuple, first)) == sorted(
         [("before", i) for i in range(10)] + [("a", i) for i in range(100)]
