@@ -42,6 +42,11 @@ def create_app() -> Flask:
         burn_cpu(0.005)
         return "done"
 
+    @app.get("/cpu7")
+    def cpu7() -> str:  # the slow route of benchmarks.mixed_load
+        burn_cpu(0.007)
+        return "done"
+
     @app.get("/slow")
     def slow() -> str:
         burn_cpu(0.020)

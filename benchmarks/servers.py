@@ -41,6 +41,7 @@ class ServerSpec:
     command: Command
     multiprocess: bool  # a master/arbiter with worker children, or one process doing it all
     ready_log: str | None = None  # a log line every worker prints once it can serve
+    workers: int = WORKERS  # how many print it
 
 
 def _flask_cluster(balance: str) -> ServerSpec:
@@ -247,7 +248,7 @@ class RunningServer:
             time.sleep(0.05)
         pattern = self.spec.ready_log
         while pattern is not None and \
-                len(re.findall(pattern, self.log_path.read_text(errors="replace"))) < WORKERS:
+                len(re.findall(pattern, self.log_path.read_text(errors="replace"))) < self.spec.workers:
             self._check_alive(deadline)
             time.sleep(0.05)
 

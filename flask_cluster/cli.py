@@ -146,6 +146,8 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
                f"threads {master['threads']}  up {master['uptime']}s")
     if master["last_error"]:
         click.echo(f"last error: {master['last_error']}")
+    if master.get("holding"):
+        click.echo(f"holding {master['holding']} new connection(s) until a worker is free")
     broker = master.get("broker")
     if broker is not None:
         click.echo(f"broker {broker['url']} {broker['stream']}  "

@@ -145,6 +145,10 @@ class Config:
     broker_stream_len: int = setting(
         100000, "Broadcasts the broker keeps (MAXLEN ~): a host away for longer misses the "
         "oldest and logs how many.", type=click.IntRange(100))
+    queue_depth: int = setting(
+        0, "With --threads 1 (round-robin, least-busy): connections passed to a worker that is "
+        "serving while none is free; the master holds the rest until one is (0: only ever to a "
+        "free worker).", type=click.IntRange(0))
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

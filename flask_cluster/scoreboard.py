@@ -13,16 +13,20 @@ import time
 from collections.abc import Collection
 
 FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms", "rss_kib", "received",
-          "connections", "hand_back")
-PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIONS, HAND_BACK = \
-    range(len(FIELDS))
+          "connections", "hand_back", "free_since_ms")
+PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIONS, HAND_BACK, \
+    FREE_SINCE_MS = range(len(FIELDS))
 # HAND_BACK is the master's to write: set before it retires the worker on purpose (a reload, a
 # renewal, a scale down), so the worker hands its kept-alive connections back instead of
 # closing them (worker/migration.py). Written before the SIGTERM, so the worker sees it.
+# FREE_SINCE_MS: when the worker's last request ended (worker/spread.py reads the others').
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for
 BROKER_FULL = 1  # header word: 1 while the master holds --broker-buffer unsent broadcasts
+# Header word: connections the master holds because no worker has room (master/choice.py);
+# while it is not 0 a worker says wire.Free the moment it is free.
+HOLDING = BROKER_FULL + 1
 
 
 def now_ms() -> int:
@@ -69,6 +73,14 @@ class Scoreboard:
     @broker_full.setter
     def broker_full(self, full: bool) -> None:
         self.words[BROKER_FULL] = int(full)
+
+    @property
+    def holding(self) -> int:
+        return self.words[HOLDING]
+
+    @holding.setter
+    def holding(self, count: int) -> None:
+        self.words[HOLDING] = count
 
     def snapshot(self, slot: int) -> dict[str, int]:
         base = self.base(slot)

@@ -72,6 +72,12 @@ class Retire(NamedTuple):
     """Served ``--max-requests``: replace me gracefully."""
 
 
+class Free(NamedTuple):
+    """A request just ended and nothing else is in flight: sent only while the master holds
+    connections for a free worker (the scoreboard's HOLDING word), so it learns "free" the
+    moment it becomes true, not a heartbeat later."""
+
+
 class Broadcast(NamedTuple):
     topic: str
     payload: bytes
@@ -125,8 +131,8 @@ class Publish(NamedTuple):
 
 
 Message = (Ready | BootFailed | Retire | Broadcast | Gather | Reply | Deliver | Ask | Gathered
-           | Publish)
-FROM_WORKER: Final = (Ready, BootFailed, Retire, Broadcast, Gather, Reply)
+           | Publish | Free)
+FROM_WORKER: Final = (Ready, BootFailed, Retire, Broadcast, Gather, Reply, Free)
 FROM_MASTER: Final = (Deliver, Ask, Gathered, Publish)
 KINDS: Final[tuple[type[Message], ...]] = FROM_WORKER + FROM_MASTER
 _CODES: Final[dict[type[Message], int]] = {kind: code for code, kind in enumerate(KINDS)}

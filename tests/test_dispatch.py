@@ -16,7 +16,8 @@ import pytest
 
 from flask_cluster import ipc
 from flask_cluster.master import dispatch
-from flask_cluster.master.dispatch import Accepted, Dispatcher, LeastBusy, RoundRobin, chooser, hand_off
+from flask_cluster.master.choice import Choice, LeastBusy, RoundRobin
+from flask_cluster.master.dispatch import Accepted, Dispatcher, hand_off
 
 
 @dataclass(eq=False)
@@ -184,9 +185,9 @@ def test_least_busy_ties_share_evenly_beside_a_busy_worker() -> None:
     assert firsts == {0: 100, 1: 100, 2: 100}
 
 
-def test_chooser_by_balance_mode() -> None:
-    assert isinstance(chooser("least-busy"), LeastBusy)
-    assert isinstance(chooser("round-robin"), RoundRobin)
+def test_choice_by_balance_mode() -> None:
+    assert isinstance(Choice("least-busy").turns, LeastBusy)
+    assert isinstance(Choice("round-robin").turns, RoundRobin)
 
 
 # -- the hand-off ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ EXAMPLES: list[wire.Message] = [
     wire.Ready(),
     wire.BootFailed("ImportError: no module named 'app'"),
     wire.Retire(),
+    wire.Free(),
     wire.Broadcast("cache-clear", pickle.dumps({"key": "users"}), False),
     wire.Gather(7, "pid", pickle.dumps(None), 2.5),
     wire.Reply(3, wire.ERROR, pickle.dumps("KeyError: 'x'")),

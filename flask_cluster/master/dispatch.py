@@ -1,9 +1,7 @@
-"""Which worker gets the next connection, and the hand-off itself.
+"""The master's accept loop and the hand-off of connections to workers.
 
-The choice is pure (no I/O) so it can be tested without processes; :func:`hand_off` does the
-I/O and moves on to the next candidate when a worker's queue is full or the worker is gone.
-Round-robin as in Node.js's cluster module: the master owns the listener, so every worker gets
-its turn whatever the kernel's wake-up order (shared accept piles bursts onto one worker).
+Which worker is :mod:`.choice`'s business (pure, no I/O); :func:`hand_off` does the I/O and
+moves on to the next candidate when a worker's queue is full or the worker is gone.
 """
 
 from __future__ import annotations
@@ -16,40 +14,14 @@ import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from .. import ipc
 from ..listeners import accept_batch
+from .choice import Choice, Target, behind
 
 log = logging.getLogger("flask_cluster.master")
-
-
-class Target(Protocol):
-    """A worker as the dispatcher sees it."""
-
-    handoff: socket.socket | None
-    worker_id: int
-
-    @property
-    def in_flight(self) -> int:
-        """Requests it is serving plus connections passed to it and not yet taken."""
-        ...
-
-    @property
-    def connections(self) -> int:
-        """Connections it has open."""
-        ...
-
-    @property
-    def untaken(self) -> int:
-        """Connections passed to it that it has not taken off its hand-off channel yet."""
-        ...
-
-    def handed(self, count: int) -> None:
-        """``count`` connections were just passed to it."""
-        ...
 
 
 class Accepted(NamedTuple):
@@ -58,76 +30,6 @@ class Accepted(NamedTuple):
 
     fd: int
     peer: bytes
-
-
-NONE_ASSIGNED: Mapping[int, int] = MappingProxyType({})
-
-
-def behind(target: Target, serving_blocks: bool) -> bool:
-    """``target`` cannot take a connection now: it has not taken the last ones it was passed,
-    or (``serving_blocks``: with ``--threads 1`` its loop runs the app) it is serving a
-    request. A worker that hangs in a view is behind from its first second, not only once
-    its heartbeat goes stale."""
-    return bool(target.untaken or (serving_blocks and target.in_flight))
-
-
-class RoundRobin:
-    """The next ready worker in turn, as Node's cluster module does.
-
-    Like Node's, which passes a worker its next connection only once the worker has taken the
-    last one, a worker that is :func:`behind` (has not taken what it was passed, or with
-    ``--threads 1`` is serving a request) is passed over for the next one in turn that is not:
-    otherwise the connection would wait behind a busy worker while another sits idle. When
-    every worker is behind, plain turns. The turn then continues after the worker chosen, so
-    turns stay even.
-    """
-
-    def __init__(self, serving_blocks: bool = False) -> None:
-        self._next = 0
-        self.serving_blocks = serving_blocks
-
-    def order(self, ready: Sequence[Target], assigned: Mapping[int, int] = NONE_ASSIGNED
-              ) -> list[Target]:
-        """Every ready worker, the one chosen first, then the rest in turn. ``assigned`` (what
-        this batch already gave each worker) is not counted: a worker that has taken all it
-        was passed gets the next connection of the batch too, as it is the one with room;
-        spreading the batch to a busy worker measured 17 % slower with Connection: close."""
-        if not ready:
-            return []
-        start = self._next % len(ready)
-        in_turn = [*ready[start:], *ready[:start]]
-        chosen = next((index for index, target in enumerate(in_turn)
-                       if not behind(target, self.serving_blocks)), 0)
-        self._next = start + chosen + 1
-        return [in_turn[chosen], *in_turn[:chosen], *in_turn[chosen + 1:]]
-
-
-class LeastBusy:
-    """The ready worker with the fewest requests in flight; ties go round-robin among the tied
-    (the next worker id after the last one chosen), so each gets its share."""
-
-    def __init__(self) -> None:
-        self._last = -1  # worker id of the last first choice
-
-    def order(self, ready: Sequence[Target], assigned: Mapping[int, int] = NONE_ASSIGNED
-              ) -> list[Target]:
-        """Every ready worker, least busy first. ``assigned``: connections of the current
-        batch already given to each worker id, counted as in flight and open."""
-        if not ready:
-            return []
-        span = max(target.worker_id for target in ready) + 1
-        last = self._last
-
-        # Requests in flight first, then open connections: a burst of new keep-alive
-        # connections spreads out even before their first requests arrive.
-        def load(target: Target) -> tuple[int, int, int]:
-            extra = assigned.get(target.worker_id, 0)
-            return (target.in_flight + extra, target.connections + extra,
-                    (target.worker_id - last - 1) % span)
-
-        ranked = sorted(ready, key=load)
-        self._last = ranked[0].worker_id
-        return ranked
 
 
 def _drain(channel: socket.socket) -> list[tuple[int, bytes]]:
@@ -141,13 +43,10 @@ def _drain(channel: socket.socket) -> list[tuple[int, bytes]]:
     return passed
 
 
-def chooser(balance: str, serving_blocks: bool = False) -> RoundRobin | LeastBusy:
-    return LeastBusy() if balance == "least-busy" else RoundRobin(serving_blocks)
-
-
 def hand_off(batch: list[Accepted], candidates: list[Target],
-             on_gone: Callable[[Target], None]) -> bool:
-    """Pass ``batch`` in one packet to the first candidate that takes it; False if none could."""
+             on_gone: Callable[[Target], None]) -> Target | None:
+    """Pass ``batch`` in one packet to the first candidate that takes it: that one, or None if
+    none could."""
     fds = [item.fd for item in batch]
     peers = [item.peer for item in batch]
     for target in candidates:
@@ -155,10 +54,10 @@ def hand_off(batch: list[Accepted], candidates: list[Target],
         try:
             if ipc.send_connections(target.handoff, fds, peers):
                 target.handed(len(batch))
-                return True
+                return target
         except ipc.ChannelClosed:
             on_gone(target)  # died since we last looked: never hand it another connection
-    return False
+    return None
 
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
@@ -183,11 +82,15 @@ class Dispatcher:
 
     def __init__(self, listener: socket.socket, selector: selectors.BaseSelector, balance: str,
                  live: Callable[[], Sequence[Target]], on_gone: Callable[[Target], None],
-                 serving_blocks: bool = False) -> None:
+                 serving_blocks: bool = False, queue_depth: int | None = None,
+                 on_holding: Callable[[int], None] = lambda count: None) -> None:
         self.listener = listener
         self.selector = selector
         self.serving_blocks = serving_blocks  # --threads 1: a worker serving takes nothing
-        self.chooser = chooser(balance, serving_blocks)
+        self.choice = Choice(balance, serving_blocks, queue_depth)
+        # Told how many connections wait here whenever that changes: the workers read it on
+        # the scoreboard, and while it is not 0 each says wire.Free the moment it is free.
+        self.on_holding = on_holding
         self.live = live
         self.on_gone = on_gone
         self.waiting: deque[Accepted] = deque()
@@ -325,7 +228,7 @@ class Dispatcher:
         shares: dict[int, tuple[list[Target], list[Accepted]]] = {}
         assigned: dict[int, int] = {}  # so the choices within a batch see each other
         for item in batch:
-            order = self.chooser.order(live, assigned)
+            order = self.choice.order(live, assigned)
             if not order:
                 self._wait(batch[batch.index(item):])
                 break
@@ -348,17 +251,39 @@ class Dispatcher:
     def _wait(self, items: list[Accepted]) -> None:
         """No worker can take these now: hold them, and stop accepting until one can."""
         self.waiting.extend(items)
+        self.on_holding(len(self.waiting))
         self.resting_until = 0.0
         self._accept_more(False)
 
-    def retry(self) -> None:
-        """Hand off what waits; accept again once nothing does and the rest is over."""
-        while self.waiting:
+    def worker_free(self, worker: Target) -> None:
+        """``worker`` said ``Free``: its last request in flight just ended. Each request ended
+        earns it the oldest held connection, even if it has not taken the last one yet: a
+        worker serving a queue of kept-alive requests is never free on the scoreboard for
+        long, and one connection per pass of its loop would starve the held ones."""
+        if self.waiting and not self.stopped and worker in self.live():
             item = self.waiting[0]
-            if not hand_off([item], self.chooser.order(self.live()), self.on_gone):
-                break
-            self.waiting.popleft()
-            os.close(item.fd)
+            if hand_off([item], [worker], self.on_gone) is not None:
+                self.waiting.popleft()
+                os.close(item.fd)
+        self.retry()
+
+    def retry(self) -> None:
+        """Hand off what waits; accept again once nothing does and the rest is over. Called
+        on each pass of the master's loop while paused, so also when a worker says it is free
+        (each free worker gets one waiting connection)."""
+        if self.waiting:
+            live = self.live()
+            assigned: dict[int, int] = {}
+            while self.waiting:
+                item = self.waiting[0]
+                taker = hand_off([item], self.choice.order(live, assigned, holding=not self.stopped),
+                                 self.on_gone)
+                if taker is None:
+                    break
+                self.waiting.popleft()
+                os.close(item.fd)
+                assigned[taker.worker_id] = assigned.get(taker.worker_id, 0) + 1
+            self.on_holding(len(self.waiting))
         if not self.waiting and not self.stopped and time.monotonic() >= self.resting_until:
             self._accept_more(True)
 

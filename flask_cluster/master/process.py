@@ -88,6 +88,7 @@ class Master:
             wire.Ready: self._ready,
             wire.BootFailed: self._boot_failed,
             wire.Retire: self._served_max_requests,
+            wire.Free: self._worker_free,
         }
         self.exit: Exit | None = None  # why the master gives up, if it does
         self._announced = False  # the "serving" line is printed when the first worker is ready
@@ -114,7 +115,9 @@ class Master:
         if self._master_accepts:
             self.dispatcher = Dispatcher(listener, self.selector, config.balance,
                                          lambda: self.health.responsive_first(self._live), self._lost,
-                                         serving_blocks=config.threads == 1)
+                                         serving_blocks=config.threads == 1,
+                                         queue_depth=config.queue_depth,
+                                         on_holding=self._holding)
             self.dispatcher.start()
         target = self.roster.target
         self.scoreboard.worker_count = target
@@ -275,6 +278,14 @@ class Master:
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:
         self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic()))
 
+    def _holding(self, count: int) -> None:
+        self.scoreboard.holding = count
+
+    def _worker_free(self, handle: WorkerHandle, _message: wire.Free) -> None:
+        """A worker has room: connections held for one go out now."""
+        if self.dispatcher is not None:
+            self.dispatcher.worker_free(handle)
+
     def _lost(self, target: Any) -> None:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
         self._perform(self.roster.lost(target.pid))
@@ -355,7 +366,7 @@ class Master:
         now = time.monotonic()
         master = {"pid": self.pid, "app": self.app_name, "address": self.address,
                   "balance": self.config.balance, "threads": self.config.threads,
-                  "uptime": round(now - self.started, 1)}
+                  "uptime": round(now - self.started, 1), "holding": self.scoreboard.holding}
         if self.broker is not None:
             master["broker"] = self.broker.status()
         return cluster_status(master, self.roster, self.workers, self.scoreboard, now)

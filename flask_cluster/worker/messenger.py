@@ -146,6 +146,10 @@ class WorkerMessenger:
 
     # -- sending ------------------------------------------------------------------------------
 
+    def send(self, frame: bytes) -> None:
+        """Send an encoded message to the master, whole, whichever thread is sending too."""
+        self._send(frame)
+
     def _send(self, frame: bytes) -> None:
         with self._send_lock:
             self.channel.queue(frame)

@@ -40,9 +40,11 @@ from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .engine import Engine
 from .fd_budget import FdBudget
+from .free_signal import FreeSignal
 from .memory import ResidentMemory
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
+from .spread import Spread
 
 log = logging.getLogger("flask_cluster.worker")
 
@@ -95,7 +97,7 @@ class Worker:
             if extension is not None:
                 with app.app_context():
                     extension.run_start_hooks()
-            engine = self._build_engine(app)
+            engine = self._build_engine(app, messenger)
         except BaseException as exc:  # noqa: BLE001
             return self._boot_failed(exc)
         self.engine = engine
@@ -115,7 +117,7 @@ class Worker:
                 extension.run_stop_hooks()
         return EXIT_OK
 
-    def _build_engine(self, app: Any) -> Engine:
+    def _build_engine(self, app: Any, messenger: WorkerMessenger) -> Engine:
         config = self.config
         words = self.scoreboard.words
         base = self.scoreboard.base(self.slot)
@@ -125,6 +127,8 @@ class Worker:
             max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
 
         connections_index = base + CONNECTIONS
+        free_signal = FreeSignal(words, in_flight_index, messenger.send)
+        spread: Spread | None = None  # made with the engine, below
 
         def on_connection(delta: int) -> None:
             words[connections_index] += delta
@@ -133,7 +137,13 @@ class Worker:
             words[in_flight_index] += delta
             if delta > 0:
                 words[requests_index] += 1
-            elif max_requests and words[requests_index] >= max_requests:
+                if spread is not None:
+                    spread.request_started()
+                return
+            free_signal.request_ended()
+            if spread is not None:
+                spread.request_ended()
+            if max_requests and words[requests_index] >= max_requests:
                 self._retire()
 
         server_name, server_port = self.server_address
@@ -165,6 +175,8 @@ class Worker:
                                      lambda: self.scoreboard.get(self.slot, HEARTBEAT_MS))
             if config.threads == 1:  # the app on the loop: a request can hold it
                 self.unserved.watch()
+                spread = Spread(engine, HandBack(engine, sockets.handoff), self.scoreboard,
+                                self.slot)
         elif sockets.listener is not None:
             engine.accept_from(sockets.listener, shared=True)
         elif sockets.reuseport is not None:

@@ -1,0 +1,67 @@
+"""With ``--threads 1`` a connection never waits behind a request in progress while another
+worker is free: the master holds a new one until a worker says it is free (master/choice.py),
+and a worker whose request held its loop hands its other kept-alive ones to a free worker
+(worker/spread.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import StartCluster, read_reply, wait_until
+
+MORE = 4  # requests sent while both workers are busy
+
+
+def _sleeping_pids(log: str) -> list[int]:
+    return [int(line.split()[-1]) for line in log.splitlines() if line.startswith("sleep-start")]
+
+
+@pytest.mark.parametrize("balance", ["round-robin", "least-busy"])
+def test_new_connections_wait_for_the_worker_that_frees_first(start_cluster: StartCluster,
+                                                              balance: str) -> None:
+    cluster = start_cluster("tests.apps.basic", "--balance", balance, workers=2)
+    with ThreadPoolExecutor(2 + MORE) as pool:
+        slow = pool.submit(cluster.get_json, "/sleep/8", timeout=30)
+        wait_until(lambda: len(_sleeping_pids(cluster.log())) == 1, 10, message="the slow one")
+        first = pool.submit(cluster.get_json, "/sleep/0.5", timeout=30)
+        wait_until(lambda: len(_sleeping_pids(cluster.log())) == 2, 10, message="both busy")
+        # Both workers are serving now: before holding, half of these went to the worker in
+        # the 8 s request and waited for it.
+        more = list(pool.map(lambda _: cluster.get_json("/sleep/0.5", timeout=30), range(MORE)))
+        answered_first = not slow.done()
+        busy, free = _sleeping_pids(cluster.log())[:2]
+        assert slow.result()["pid"] == busy
+
+    assert [reply["pid"] for reply in [first.result(), *more]] == [free] * (1 + MORE)
+    assert answered_first
+    # None of them was passed to the busy worker first and taken back from it once its loop
+    # had been held too long (which is how they reached the free worker before holding).
+    assert "passing on the" not in cluster.log()
+
+
+def test_kept_alive_connections_move_off_a_worker_whose_request_was_slow(
+        start_cluster: StartCluster) -> None:
+    cluster = start_cluster("tests.apps.basic", "--balance", "round-robin", workers=2)
+    with contextlib.ExitStack() as stack:
+        by_worker: dict[int, list] = {}
+        while max((len(conns) for conns in by_worker.values()), default=0) < 2:
+            conn = stack.enter_context(contextlib.closing(cluster.connection()))
+            by_worker.setdefault(read_reply(conn, "GET", "/worker").json()["pid"], []).append(conn)
+        [(slow_pid, (slow, other))] = [(pid, conns) for pid, conns in by_worker.items()
+                                       if len(conns) == 2]
+        sock = other.sock
+
+        slow.request("GET", "/sleep/1")
+        wait_until(lambda: len(_sleeping_pids(cluster.log())) == 1, 10, message="the slow one")
+        other.request("GET", "/worker")  # waits in the kernel behind the slow request
+        assert json.loads(slow.getresponse().read())["pid"] == slow_pid
+        moved = json.loads(other.getresponse().read())["pid"]
+        again = read_reply(other, "GET", "/worker").json()["pid"]
+
+        assert other.sock is sock  # the same connection, never closed
+    free = [pid for pid in cluster.worker_pids() if pid != slow_pid]
+    assert [moved, again] == free * 2
