@@ -1,11 +1,12 @@
 """One worker engine driven in this process over socket pairs, for :mod:`benchmarks.instructions`.
 
-    python -S benchmarks/engine_loop.py {flask|raw} {keep-alive|close} REQUESTS
+    python -S benchmarks/engine_loop.py {flask|raw} {keep-alive|close} REQUESTS [metrics]
 
 Run with ``-S`` and ``PYTHONPATH=TREE:SITE_PACKAGES`` so that TREE's ``flask_cluster`` is the one
 imported (an editable install's import hook would otherwise win). The client is a plain socket
 in the same process: every request is a send, one pass of the engine's loop, and a read of the
 whole response. Warm-up requests come first, so the measured ones find every cache filled.
+With ``metrics``, each request is also recorded on a scoreboard as ``--metrics`` does.
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ def main() -> None:
     base = {"SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "wsgi.url_scheme": "http",
             "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
             "SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.errors": sys.stderr}
+    options: dict[str, Any] = {}
+    if sys.argv[4:] == ["metrics"]:  # the working tree only: older revisions have no recorder
+        from flask_cluster.scoreboard import Scoreboard
+        from flask_cluster.worker.request_metrics import request_metrics
+
+        options["record"] = request_metrics(Scoreboard(64), 0).record
     engine = Engine(app, threads=1, keep_alive=60, limits=Limits(), base_environ=base,
-                    access_log=None, on_request=lambda delta: None)
+                    access_log=None, on_request=lambda delta: None, **options)
     peer = ("127.0.0.1", "5555")
 
     if connection == "close":

@@ -44,12 +44,17 @@ class ServerSpec:
     workers: int = WORKERS  # how many print it
 
 
-def _flask_cluster(balance: str) -> ServerSpec:
+def _flask_cluster(balance: str, *, metrics: bool = False) -> ServerSpec:
+    """``metrics``: with ``--metrics`` on (any free port; nothing scrapes it), to set beside
+    the same balance mode without, in one run (needs flask-cluster[metrics])."""
+    extra = ["--metrics", f"{HOST}:0"] if metrics else []
+
     def command(target: str, port: str) -> list[str]:
         return [PY, "-m", "flask", "--app", target, "cluster-run", "--host", HOST,
-                "--port", port, "--workers", str(WORKERS), "--balance", balance]
+                "--port", port, "--workers", str(WORKERS), "--balance", balance, *extra]
 
-    return ServerSpec(f"fc-{balance}", f"master + {WORKERS} workers, 1 thread each",
+    return ServerSpec(f"fc-{balance}{'-metrics' if metrics else ''}",
+                      f"master + {WORKERS} workers, 1 thread each{', --metrics' if metrics else ''}",
                       command, multiprocess=True, ready_log=r"worker \d+ \(pid \d+\) ready")
 
 
@@ -81,6 +86,7 @@ SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in (
     _flask_cluster("least-busy"),
     _flask_cluster("shared"),
     _flask_cluster("reuseport"),
+    _flask_cluster("round-robin", metrics=True),
     ServerSpec("gunicorn-sync", f"arbiter + {WORKERS} sync workers (no keep-alive)",
                _gunicorn("--worker-class", "sync"), multiprocess=True),
     ServerSpec("gunicorn-gthread", f"arbiter + {WORKERS} workers x {GTHREAD_THREADS} threads",

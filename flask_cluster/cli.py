@@ -18,10 +18,12 @@ from .config import Config, Port, click_options, option_name
 from .listeners import ListenError
 from .logs import configure as configure_logging
 from .master.control import ControlError, control_path, request
+from .master.metrics_server import MetricsError
 from .master.pidfile import PidFileError
 from .master.process import Master
 from .master.registry import running
 from .tls import TLSConfigError
+from .top import frame, live
 from .worker.access_log import AccessLogFormatError, check_format
 from .worker.process import run_worker
 
@@ -46,6 +48,9 @@ def _validate(config: Config) -> None:
         if importlib.util.find_spec("redis") is None:
             raise click.BadParameter("needs redis-py: pip install 'flask-cluster[redis]'",
                                      param_hint=option_name("broker"))
+    if config.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise click.BadParameter("needs prometheus-client: pip install 'flask-cluster[metrics]'",
+                                 param_hint=option_name("metrics"))
     try:
         check_format(config.access_log_format)
     except AccessLogFormatError as exc:
@@ -65,7 +70,7 @@ def _cluster_run(info: ScriptInfo, /, **options: Any) -> None:
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     try:
         code = Master(config, info.load_app, app_name, run_worker).run()
-    except (ListenError, TLSConfigError, ControlError, PidFileError) as exc:
+    except (ListenError, TLSConfigError, ControlError, PidFileError, MetricsError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
@@ -97,7 +102,7 @@ STATUS_COLUMNS = ("worker_id", "pid", "state", "uptime", "requests", "in_flight"
 @click.pass_context
 def cluster_ctl(ctx: click.Context, info: ScriptInfo, /, control_socket: str | None,
                 pid_file: str | None, uds: str | None, host: str, port: int) -> None:
-    """Control a running cluster: status, reload, scale, stop, broadcast."""
+    """Control a running cluster: status, top, reload, scale, stop, broadcast."""
     app_name = info.app_import_path or os.environ.get("FLASK_APP") or "app"
     path = control_path(explicit=control_socket, pid_file=pid_file, uds=uds,
                         app_name=app_name, host=host, port=port)
@@ -162,6 +167,17 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS))]
     for row in rows:
         click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+@cluster_ctl.command("top")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
+@click.pass_context
+def ctl_top(ctx: click.Context, once: bool) -> None:
+    """Live view of the workers: req/s, p50/p99 over 10 s, in flight, memory, restarts."""
+    if once:
+        click.echo(frame(_send(ctx, {"command": "status"})), nl=False)
+        return
+    live(lambda: _send(ctx, {"command": "status"}))
 
 
 @cluster_ctl.command("reload")

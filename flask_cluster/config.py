@@ -54,6 +54,30 @@ class Port(click.IntRange):
             self.fail(f"port must be 0-65535, not {value!r}", param, ctx)
 
 
+class MetricsAddress(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6), kept as given; the master binds it."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None:
+            return value
+        try:
+            split_address(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` -> ``("127.0.0.1", 9100)``; ValueError with a one-line reason."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (a port 0-65535)")
+    return host, int(port)
+
+
 def setting(default: Any, help: str, *, type: Any = None, flag: str | None = None,
             cli_default: Any = None) -> Any:
     """A :class:`Config` field with what the command line needs to offer it.
@@ -149,6 +173,10 @@ class Config:
         0, "With --threads 1 (round-robin, least-busy): connections passed to a worker that is "
         "serving while none is free; the master holds the rest until one is (0: only ever to a "
         "free worker).", type=click.IntRange(0))
+    metrics: str | None = setting(
+        None, "HOST:PORT where the master serves Prometheus /metrics: the server's counters and "
+        "the app's prometheus_client metrics summed over workers (needs flask-cluster[metrics]).",
+        type=MetricsAddress())
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,6 +12,8 @@ import mmap
 import time
 from collections.abc import Collection
 
+from .request_counters import COUNTER_WORDS
+
 FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms", "rss_kib", "received",
           "connections", "hand_back", "free_since_ms")
 PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIONS, HAND_BACK, \
@@ -27,6 +29,8 @@ BROKER_FULL = 1  # header word: 1 while the master holds --broker-buffer unsent 
 # Header word: connections the master holds because no worker has room (master/choice.py);
 # while it is not 0 a worker says wire.Free the moment it is free.
 HOLDING = BROKER_FULL + 1
+# After the slots, one block of COUNTER_WORDS per slot: the request counters of --metrics
+# (request_counters.py), kept apart so the slots' own layout never moves for them.
 
 
 def now_ms() -> int:
@@ -37,16 +41,27 @@ def now_ms() -> int:
 class Scoreboard:
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._map = mmap.mmap(-1, 8 * (HEADER_WORDS + slots * SLOT_WORDS))
+        self._map = mmap.mmap(-1, 8 * (HEADER_WORDS + slots * (SLOT_WORDS + COUNTER_WORDS)))
         self.words = memoryview(self._map).cast("q")
 
     def base(self, slot: int) -> int:
         return HEADER_WORDS + slot * SLOT_WORDS
 
+    def counters_base(self, slot: int) -> int:
+        """Where ``slot``'s request counters start (offsets in request_counters.py)."""
+        return HEADER_WORDS + self.slots * SLOT_WORDS + slot * COUNTER_WORDS
+
+    def counters(self, slot: int) -> list[int]:
+        base = self.counters_base(slot)
+        return self.words[base:base + COUNTER_WORDS].tolist()
+
     def reset(self, slot: int, pid: int) -> None:
         base = self.base(slot)
         for offset in range(SLOT_WORDS):
             self.words[base + offset] = 0
+        counters = self.counters_base(slot)
+        for offset in range(COUNTER_WORDS):
+            self.words[counters + offset] = 0
         now = now_ms()
         self.words[base + PID] = pid
         self.words[base + HEARTBEAT_MS] = now

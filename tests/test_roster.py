@@ -370,11 +370,11 @@ def test_scale_down_drops_a_pending_respawn_of_a_removed_slot() -> None:
 def test_max_requests_recycling_starts_the_successor_first() -> None:
     sim = Sim(2)
     old = sim.boot()[1]
-    actions = sim.do(sim.roster.recycle(old, "served its --max-requests", 1.0))
+    actions = sim.do(sim.roster.recycle(old, "served its --max-requests", 1.0, reason="max-requests"))
     assert spawns(actions) == [1] and signals(actions) == []
     assert "served its --max-requests: replacing it" in logged(actions)
     assert old in [m.pid for m in sim.roster.serving()]  # keeps serving meanwhile
-    assert sim.roster.recycle(old, "served its --max-requests", 1.1) == []
+    assert sim.roster.recycle(old, "served its --max-requests", 1.1, reason="max-requests") == []
     actions = sim.do(sim.roster.ready(sim.newest(1), 2.0))
     assert signals(actions) == [(old, signal.SIGTERM)]
     assert sim.pids()[1] == sim.newest(1)
@@ -393,7 +393,7 @@ def test_max_memory_recycles_after_two_samples_in_a_row_above_the_limit() -> Non
 def test_a_renewing_worker_that_crashes_gets_no_second_successor() -> None:
     sim = Sim(1)
     old = sim.boot()[0]
-    sim.do(sim.roster.recycle(old, "served its --max-requests", 1.0))
+    sim.do(sim.roster.recycle(old, "served its --max-requests", 1.0, reason="max-requests"))
     successor = sim.newest(0)
     sim.do(sim.roster.exited(old, CRASH, 1.5))
     assert spawns(sim.at(5.0)) == []
@@ -413,7 +413,7 @@ def test_only_workers_retired_on_purpose_are_asked_to_hand_back_their_connection
     sim.do(sim.roster.reload(1.0))
     assert hand_backs(sim.do(sim.roster.ready(sim.newest(0), 2.0))) == [(old[0], True)]
     renewing = sim.newest(0)
-    sim.do(sim.roster.recycle(renewing, "served its --max-requests", 3.0))
+    sim.do(sim.roster.recycle(renewing, "served its --max-requests", 3.0, reason="max-requests"))
     sim.do(sim.roster.ready(sim.newest(1), 3.0))  # the reload goes on with worker 1
     assert hand_backs(sim.do(sim.roster.ready(sim.newest(0), 4.0))) == [(renewing, True)]
     assert hand_backs(sim.do(sim.roster.scale(1, 5.0))) == [(sim.newest(1), True)]

@@ -288,13 +288,6 @@ class RequestParser:
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._header_bytes = 0
-        self._body = None
-        self._expect_continue = False
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.limits.max_url:
@@ -304,14 +297,15 @@ class RequestParser:
         size = len(name) + len(value) + 4
         if size > self._max_field:
             raise HeadersTooLarge(f"a header field is larger than {self.limits.max_field} bytes")
-        self._header_bytes += size
-        if self._header_bytes > self._max_header_bytes:
+        header_bytes = self._header_bytes = self._header_bytes + size
+        if header_bytes > self._max_header_bytes:
             raise HeadersTooLarge(f"headers larger than {self.limits.max_header_bytes} bytes")
-        if len(self._headers) >= self._max_headers:
+        headers = self._headers
+        if len(headers) >= self._max_headers:
             raise HeadersTooLarge(f"more than {self.limits.max_headers} header fields")
         # llhttp drops the whitespace before a field value but keeps what follows it, which
         # RFC 9112 5.1 says is not part of the value.
-        self._headers.append((name, value.rstrip(b" \t")))
+        headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         self.headers_complete = True
@@ -389,7 +383,13 @@ class RequestParser:
             self._expect_continue, self._path, self._query, self._authority,
         ))
         self.in_progress = False
+        # Ready for the next request here rather than in an on_message_begin callback, which
+        # would cost a call from llhttp per request.
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
         self._body = None
+        self._expect_continue = False
         if self._chunked is not None:
             # llhttp was left expecting the chunked body we read instead: start it afresh.
             self._chunked = None

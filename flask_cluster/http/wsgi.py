@@ -21,29 +21,36 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Sink = Callable[[bytes], None]
 
-_header_keys: dict[bytes, str | None] = {}
 _methods: dict[bytes, str] = {}
 MAX_CACHED_NAMES = 512
+PERCENT = ord("%")  # an int: ``bytes in bytes`` first fails to read its operand as an int
+
+
+class _EnvironKeys(dict[bytes, str | None]):
+    """Header name -> environ key, remembered for the first :data:`MAX_CACHED_NAMES` names: a
+    dict whose hits cost no call."""
+
+    def __missing__(self, name: bytes) -> str | None:
+        text = name.decode("latin-1").upper()
+        key: str | None
+        if "_" in text:
+            key = None
+        elif text in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+            key = text.replace("-", "_")
+        else:
+            key = "HTTP_" + text.replace("-", "_")
+        if len(self) < MAX_CACHED_NAMES:
+            self[name] = key
+        return key
+
+
+_environ_keys = _EnvironKeys()
 
 
 def environ_key(name: bytes) -> str | None:
     """``User-Agent`` -> ``HTTP_USER_AGENT``; ``None`` for names with ``_``, which we drop (as
     nginx and gunicorn do) so ``X_Forwarded_For`` cannot pose as ``X-Forwarded-For``."""
-    try:
-        return _header_keys[name]
-    except KeyError:
-        pass
-    text = name.decode("latin-1").upper()
-    key: str | None
-    if "_" in text:
-        key = None
-    elif text in ("CONTENT-TYPE", "CONTENT-LENGTH"):
-        key = text.replace("-", "_")
-    else:
-        key = "HTTP_" + text.replace("-", "_")
-    if len(_header_keys) < MAX_CACHED_NAMES:
-        _header_keys[name] = key
-    return key
+    return _environ_keys[name]
 
 
 def base_environ(server_name: str, server_port: str, *, scheme: str, multithread: bool) -> dict[str, Any]:
@@ -72,15 +79,21 @@ def build_environ(request: Request, base: dict[str, Any], remote_addr: str,
     if method is None:
         method = _methods.setdefault(request.method, request.method.decode("latin-1"))
     environ["REQUEST_METHOD"] = method
-    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
-    environ["QUERY_STRING"] = request.query.decode("latin-1")
-    environ["RAW_URI"] = environ["REQUEST_URI"] = request.url.decode("latin-1")
+    url = request.url
+    uri = environ["RAW_URI"] = environ["REQUEST_URI"] = url.decode("latin-1")
+    if PERCENT in path:
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+    else:  # the path is the whole target when there is no query: decoded once
+        environ["PATH_INFO"] = uri if path is url else path.decode("latin-1")
+    query = request.query
+    environ["QUERY_STRING"] = query.decode("latin-1") if query else ""
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     environ["REMOTE_ADDR"] = remote_addr
     environ["REMOTE_PORT"] = remote_port
     environ["wsgi.input"] = request.body
+    keys = _environ_keys
     for name, value in request.headers:
-        key = environ_key(name)
+        key = keys[name]
         if key is None:
             continue
         text = value.decode("latin-1")
@@ -161,6 +174,23 @@ class ResponseError(Exception):
     """The app broke the WSGI contract; the response cannot be completed."""
 
 
+_status_codes: dict[str, int] = {}  # statuses already found valid, as most apps use a few
+
+
+def parse_status(status: str) -> int:
+    """The code of a valid final status line such as ``"200 OK"``, else :class:`ResponseError`."""
+    try:
+        code = int(status[:3])
+    except (TypeError, ValueError):
+        raise ResponseError(f"invalid status {status!r}") from None
+    if len(status) < 4 or status[3] != " " or code < 100:
+        raise ResponseError(f"invalid status {status!r}")
+    if code < 200:
+        # 1xx is interim (RFC 9110 15.2): the client would keep waiting for the response.
+        raise ResponseError(f"status {status!r} is interim, not a response")
+    return code
+
+
 class Response:
     """``start_response`` and the serializer for one request.
 
@@ -204,15 +234,11 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise ResponseError("start_response called a second time without exc_info")
-        try:
-            code = int(status[:3])
-        except (TypeError, ValueError):
-            raise ResponseError(f"invalid status {status!r}") from None
-        if len(status) < 4 or status[3] != " " or code < 100:
-            raise ResponseError(f"invalid status {status!r}")
-        if code < 200:
-            # 1xx is interim (RFC 9110 15.2): the client would keep waiting for the response.
-            raise ResponseError(f"status {status!r} is interim, not a response")
+        code = _status_codes.get(status) if type(status) is str else None
+        if code is None:
+            code = parse_status(status)
+            if len(_status_codes) < MAX_CACHED_NAMES:
+                _status_codes[status] = code
         self.status = status
         self.status_code = code
         self.headers = headers
@@ -242,6 +268,12 @@ class Response:
         the stream may wait long before its second."""
         if isinstance(app_iter, (list, tuple)) and len(app_iter) == 1:
             self.length = len(app_iter[0])
+
+    def write_whole(self, body: bytes) -> None:
+        """The app's whole body, in one piece (a list of one bytestring, see :meth:`sized_by`)."""
+        self.length = len(body)
+        self.write(body)
+        self.finish()
 
     @property
     def complete(self) -> bool:

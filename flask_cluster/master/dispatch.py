@@ -13,7 +13,7 @@ import os
 import selectors
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -97,6 +97,7 @@ class Dispatcher:
         self.accepting = False
         self.stopped = False
         self.resting_until = 0.0  # monotonic time the listener rests until (ACCEPT_WINDOW)
+        self.counts: Counter[str] = Counter()  # accepted, handed_off, taken_back (--metrics)
 
     @property
     def paused(self) -> bool:
@@ -177,6 +178,7 @@ class Dispatcher:
         ready worker as if just accepted; its client sees no close. While the cluster stops,
         only what a worker can still take is passed on; the rest is closed."""
         items = [Accepted(fd, peer) for fd, peer in passed]
+        self.counts["taken_back"] += len(items)
         if not self.stopped:
             self._dispatch(items, [target for target in self.live() if target is not worker])
             return
@@ -208,6 +210,7 @@ class Dispatcher:
             self._accept_more(False)  # retry() resumes after RETRY_AFTER
         if not batch:
             return
+        self.counts["accepted"] += len(batch)
         # Every worker still has connections it has not taken: these could not be served
         # sooner anyway, so the listener may rest (never when a worker is waiting for work:
         # that would only add latency).
@@ -242,11 +245,17 @@ class Dispatcher:
             size = 1 if self.serving_blocks else ipc.PACKET_FDS
             for start in range(0, len(share), size):
                 items = share[start:start + size]
-                if hand_off(items, order, self.on_gone):
+                if self._hand_off(items, order):
                     for item in items:
                         os.close(item.fd)
                 else:
                     self._wait(items)
+
+    def _hand_off(self, batch: list[Accepted], candidates: list[Target]) -> Target | None:
+        taker = hand_off(batch, candidates, self.on_gone)
+        if taker is not None:
+            self.counts["handed_off"] += len(batch)
+        return taker
 
     def _wait(self, items: list[Accepted]) -> None:
         """No worker can take these now: hold them, and stop accepting until one can."""
@@ -262,7 +271,7 @@ class Dispatcher:
         long, and one connection per pass of its loop would starve the held ones."""
         if self.waiting and not self.stopped and worker in self.live():
             item = self.waiting[0]
-            if hand_off([item], [worker], self.on_gone) is not None:
+            if self._hand_off([item], [worker]) is not None:
                 self.waiting.popleft()
                 os.close(item.fd)
         self.retry()
@@ -276,8 +285,8 @@ class Dispatcher:
             assigned: dict[int, int] = {}
             while self.waiting:
                 item = self.waiting[0]
-                taker = hand_off([item], self.choice.order(live, assigned, holding=not self.stopped),
-                                 self.on_gone)
+                taker = self._hand_off([item], self.choice.order(live, assigned,
+                                                                 holding=not self.stopped))
                 if taker is None:
                     break
                 self.waiting.popleft()

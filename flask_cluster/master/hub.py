@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -118,6 +119,7 @@ class Hub:
             self._hosts = hosts
         self._gather_ids = itertools.count(1)
         self._gathers: dict[int, _Gather] = {}
+        self.counts: Counter[str] = Counter()  # broadcasts, gathers, gather_timeouts (--metrics)
         self._handlers: dict[type[wire.Message], Callable[[Any, Any], None]] = {
             wire.Broadcast: self._broadcast,
             wire.Gather: self._gather,
@@ -135,6 +137,7 @@ class Hub:
     def publish(self, topic: str, payload: bytes) -> int:
         """A broadcast from outside the workers (``cluster-ctl broadcast``); how many get it."""
         receivers = len(self._live())
+        self.counts["broadcasts"] += 1
         self._relay.publish(topic, payload, None)
         return receivers
 
@@ -150,6 +153,7 @@ class Hub:
     def expire(self, now: float) -> None:
         for gather_id, pending in list(self._gathers.items()):
             if now >= pending.deadline:
+                self.counts["gather_timeouts"] += 1
                 self._finish(gather_id)
 
     @property
@@ -163,6 +167,7 @@ class Hub:
     # -- handlers -----------------------------------------------------------------------------
 
     def _broadcast(self, sender: Peer, message: wire.Broadcast) -> None:
+        self.counts["broadcasts"] += 1
         self._relay.publish(message.topic, message.payload,
                             None if message.include_self else sender.pid)
 
@@ -196,6 +201,7 @@ class Hub:
                   timeout: float) -> int:
         """Put the question to this host's workers; the new gather's id."""
         gather_id = next(self._gather_ids)
+        self.counts["gathers"] += 1
         peers = self._live()
         self._gathers[gather_id] = _Gather(asker, request_id, time.monotonic() + timeout,
                                            {("", peer.pid): peer.worker_id for peer in peers})

@@ -33,6 +33,7 @@ from .dispatch import Dispatcher
 from .endpoints import Endpoints, open_endpoints
 from .health import Health
 from .hub import Deliver, Hub, LocalRelay
+from .recent import RecentWindow
 from .roster import Roster
 from .signals import SignalQueue, meaning
 from .source_watch import SourceWatcher
@@ -41,6 +42,7 @@ from .status import cluster_status
 from .worker_handle import WorkerHandle
 
 if TYPE_CHECKING:
+    from .metrics import ClusterMetrics
     from .redis_relay import RedisRelay
 
 log = logging.getLogger("flask_cluster.master")
@@ -65,6 +67,8 @@ class Master:
                              max_memory_mib=config.max_memory,
                              max_workers=self.scoreboard.slots // 2)
         self.health = Health(config, self.scoreboard, self.roster)
+        self.recent = RecentWindow(self.scoreboard)  # cluster-ctl top's last 10 seconds
+        self.metrics: ClusterMetrics | None = None  # --metrics
         self.selector = selectors.DefaultSelector()
         self.signals = SignalQueue()
         self._next_housekeeping = 0.0
@@ -109,6 +113,9 @@ class Master:
         self.endpoints = open_endpoints(config, self.app_name, self, self.selector,
                                         tls=self.tls is not None)
         listener = self.endpoints.listener
+        if config.metrics:
+            from .metrics import open_metrics  # prometheus_client is an extra
+            self.metrics = open_metrics(self, self.endpoints)
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                listener, self.pid, self.run_worker)
@@ -181,6 +188,7 @@ class Master:
         self._perform(self.roster.tick(now))
         if self.broker is not None:
             self.broker.tick(now)
+        self.recent.sample(now, ((handle.pid, handle.slot) for handle in self.workers.values()))
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
             self.reload()
@@ -276,7 +284,8 @@ class Master:
         self.roster.boot_failed(handle.pid, message.reason)
 
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:
-        self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic()))
+        self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic(),
+                                          reason="max-requests"))
 
     def _holding(self, count: int) -> None:
         self.scoreboard.holding = count
@@ -299,6 +308,8 @@ class Master:
                 self._exited(handle, status)
 
     def _exited(self, handle: WorkerHandle, status: int) -> None:
+        if self.metrics is not None:  # first: its slot may be reused by what follows
+            self.metrics.worker_exited(handle)
         # A worker can send its boot failure and exit between our select and our waitpid.
         for message in self.channels.last_words(handle):
             if isinstance(message, wire.BootFailed):
@@ -369,7 +380,7 @@ class Master:
                   "uptime": round(now - self.started, 1), "holding": self.scoreboard.holding}
         if self.broker is not None:
             master["broker"] = self.broker.status()
-        return cluster_status(master, self.roster, self.workers, self.scoreboard, now)
+        return cluster_status(master, self.roster, self.workers, self.scoreboard, self.recent, now)
 
     # -- the end ---------------------------------------------------------------
 
@@ -383,4 +394,6 @@ class Master:
         self.signals.close()
         if self.broker is not None:
             self.broker.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.selector.close()

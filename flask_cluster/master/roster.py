@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import signal
+from collections import Counter
 from dataclasses import dataclass
 
 from .actions import Abandon, Action, Exit, Kill, Log, Signal, Spawn, StopAccepting
@@ -102,6 +103,8 @@ class Roster:
         self.max_workers = max_workers
         self.members: dict[int, Member] = {}  # by pid
         self.restarts: dict[int, int] = {}  # worker_id -> restarts so far
+        # Replacements by why (crash, hung, max-requests, max-memory, reload), for --metrics.
+        self.restart_reasons: Counter[str] = Counter()
         self.respawn_at: dict[int, float] = {}  # worker_id -> not before then (crash backoff)
         self.backoff = Backoff()
         self.boot_crashes = 0
@@ -172,6 +175,7 @@ class Roster:
         # it served (a client may have caused it): the app can boot, so no backoff and no count
         # toward the crash-loop exit. Respawn at once.
         self.restarts[slot] = self.restarts.get(slot, 0) + 1
+        self.restart_reasons["crash"] += 1
         when = "before it was ready" if booting else f"after {now - member.started:.1f}s"
         return [Log(logging.ERROR, f"{member} died {when} ({how}); respawning at once"),
                 *self._reconcile(now)]
@@ -195,6 +199,7 @@ class Roster:
             return self._fail(EXIT_CRASH_LOOP, f"workers keep dying before they are ready "
                                                f"(last: worker {slot}, {how})", now)
         self.restarts[slot] = self.restarts.get(slot, 0) + 1
+        self.restart_reasons["crash"] += 1
         return [Log(logging.ERROR, f"{member} died before it was ready ({how}); respawning at "
                                    f"once ({self.boot_crashes} of {MAX_BOOT_CRASHES})"),
                 *self._reconcile(now)]
@@ -208,6 +213,7 @@ class Roster:
         member.state = State.STUCK
         member.kill_at = now + KILL_GRACE
         self.restarts[member.worker_id] = self.restarts.get(member.worker_id, 0) + 1
+        self.restart_reasons["hung"] += 1
         return [Signal(pid, signal.SIGTERM), Abandon(pid), *self._reconcile(now)]
 
     def lost(self, pid: int) -> list[Action]:
@@ -218,13 +224,14 @@ class Roster:
         member.state = State.LOST
         return [Log(logging.WARNING, f"{member} is gone; no more connections for it")]
 
-    def recycle(self, pid: int, why: str, now: float) -> list[Action]:
+    def recycle(self, pid: int, why: str, now: float, *, reason: str) -> list[Action]:
         """Graceful replacement (--max-requests, --max-memory): a successor first, the old
-        worker retires once the successor is ready."""
+        worker retires once the successor is ready. ``reason``: its restart reason."""
         member = self.members.get(pid)
         if member is None or member.state is not State.READY or self.stopping:
             return []
         member.state = State.RENEWING
+        self.restart_reasons[reason] += 1
         return [Log(logging.INFO, f"{member} {why}: replacing it"), *self._reconcile(now)]
 
     def memory(self, pid: int, rss_kib: int, now: float) -> list[Action]:
@@ -237,7 +244,7 @@ class Roster:
         if member.over_memory < 2:
             return []
         return self.recycle(pid, f"uses {rss_kib // 1024} MiB, above --max-memory "
-                                 f"{self.max_memory_mib}", now)
+                                 f"{self.max_memory_mib}", now, reason="max-memory")
 
     def reload(self, now: float) -> list[Action]:
         """Replace every worker, one at a time, each only after its successor is ready."""
@@ -336,6 +343,7 @@ class Roster:
                 actions.append(Spawn(slot))
             elif current.generation < self.generation and not reload_busy:
                 reload_busy = True
+                self.restart_reasons["reload"] += 1
                 actions.append(Spawn(slot))
         if self.reloading and not reload_busy \
                 and not any(self._stale(slot, members) for slot, members in slots.items()):

@@ -16,6 +16,8 @@ from .access_log import AccessLog
 from .connection import Connection
 
 log = logging.getLogger("flask_cluster.worker")
+# --metrics (request_metrics.py): the request answered, with the monotonic time it was read.
+Record = Callable[[float, dict[str, Any], Response], None]
 
 
 class AppHost(Protocol):
@@ -23,6 +25,7 @@ class AppHost(Protocol):
 
     app: WSGIApp
     access_log: AccessLog | None
+    record: Record | None  # --metrics
     sendfile: bool  # os.sendfile may be used (not under TLS, which it would bypass)
 
     def on_request(self, delta: int) -> None:
@@ -35,6 +38,8 @@ def finish(host: AppHost, conn: Connection, response: Response, request: Request
     host.on_request(-1)
     request.body.close()  # a body past the spool threshold is a temporary file: free it now
     conn.http.response_done(response.keep_alive and request.keep_alive)
+    if host.record is not None:
+        host.record(conn.answering_since, environ, response)
     if host.access_log is not None:
         host.access_log.write(environ, response)
 

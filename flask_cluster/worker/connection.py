@@ -66,7 +66,7 @@ class Owner(Protocol):
 class Connection:
     __slots__ = ("sock", "owner", "http", "out", "out_size", "current", "closed", "last_active",
                  "want_write", "remote_addr", "remote_port", "file", "request_started",
-                 "lingering")
+                 "lingering", "answering_since")
 
     def __init__(self, owner: Owner, sock: socket.socket, limits: Limits, remote_addr: str,
                  remote_port: str) -> None:
@@ -84,6 +84,7 @@ class Connection:
         self.remote_port = remote_port
         self.file: tuple[int, int, int] | None = None  # (fd, offset, count) for os.sendfile
         self.lingering = 0.0  # when a lingering close gives up; 0: not lingering
+        self.answering_since = 0.0  # when the request being answered was read (monotonic)
 
     @property
     def idle(self) -> bool:

@@ -1,4 +1,4 @@
-"""A worker's HTTP/1.1 engine: one ``selectors`` loop, the app inline or on a thread pool.
+"""A worker's HTTP/1.1 engine: one event loop (:mod:`.poller`), the app inline or on a thread pool.
 
 Written here rather than taken from a library because it is the product: it decides the
 per-request cost, and a general-purpose server (asyncio, werkzeug's) spends several times our
@@ -24,9 +24,10 @@ from ..http.parser import Limits, Request
 from ..http.wsgi import WSGIApp, apply_forwarded, build_environ, error_response
 from ..listeners import accept_batch, no_delay
 from .access_log import STARTED, AccessLog
-from .app_call import AppHost
+from .app_call import AppHost, Record
 from .connection import Connection, TLSConnection
 from .inline import start_inline
+from .poller import new_poller
 from .threaded import AppPool
 
 log = logging.getLogger("flask_cluster.worker")
@@ -45,7 +46,8 @@ class Engine:
                  on_connection: Callable[[int], None] = lambda delta: None,
                  tls: ssl.SSLContext | None = None,
                  header_timeout: float = 10.0, max_connections: int = 1000,
-                 trusted_proxies: frozenset[str] = frozenset()) -> None:
+                 trusted_proxies: frozenset[str] = frozenset(),
+                 record: Record | None = None) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
         self.header_timeout = header_timeout
@@ -56,11 +58,12 @@ class Engine:
         self.keep_alive = keep_alive
         self.base_environ = base_environ
         self.access_log = access_log
+        self.record = record  # --metrics: each answered request onto the scoreboard
         self.on_request = on_request  # +1 when a request starts, -1 when it ends
         self.on_connection = on_connection  # +1 when a connection opens, -1 when it closes
         self.tls = tls
         self.sendfile = tls is None  # os.sendfile would bypass the encryption
-        self.selector = selectors.DefaultSelector()
+        self.selector = new_poller()
         self.connections: set[Connection] = set()
         self.stopping = False
         self.deadline = 0.0
@@ -149,7 +152,9 @@ class Engine:
             sock.close()
             return
         sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
+        # Nothing to do for the usual connection (its address known, Linux): socket.family
+        # builds an enum member, costly for every connection.
+        if (peer is None or not NODELAY_INHERITED) and sock.family != socket.AF_UNIX:
             if not NODELAY_INHERITED:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if peer is None:
@@ -240,6 +245,7 @@ class Engine:
             request.body.close()
             return
         self.on_request(1)
+        conn.answering_since = conn.last_active  # when the request was read: no clock call
         self._start(self, conn, request, environ)
 
     def oldest_busy(self) -> float | None:
@@ -263,8 +269,7 @@ class Engine:
 
     def run_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` for events and handle them: one pass of the loop."""
-        for key, mask in self.selector.select(timeout):
-            target = key.data
+        for target, mask in self.selector.ready(timeout):
             if isinstance(target, Connection):
                 try:
                     if mask & selectors.EVENT_READ:

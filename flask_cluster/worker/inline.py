@@ -21,6 +21,15 @@ def start_inline(host: AppHost, conn: Connection, request: Request, environ: dic
         app_failed(response, environ, conn.push)
         finish(host, conn, response, request, environ)
         return
+    if type(app_iter) is list and len(app_iter) == 1:
+        # The whole body in memory, as most plain WSGI apps give it: written at once, so there
+        # is nothing to resume and no exchange to keep.
+        try:
+            response.write_whole(app_iter[0])
+        except Exception:
+            app_failed(response, environ, conn.push)
+        finish(host, conn, response, request, environ)
+        return
     exchange = InlineExchange(host, conn, response, app_iter, request, environ)
     conn.current = exchange
     try:

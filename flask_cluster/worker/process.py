@@ -38,12 +38,14 @@ from ..scoreboard import (
 from ..tls import server_context
 from ..wakeup import Wakeup
 from .access_log import AccessLog
+from .app_metrics import use_multiprocess_values
 from .engine import Engine
 from .fd_budget import FdBudget
 from .free_signal import FreeSignal
 from .memory import ResidentMemory
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
+from .request_metrics import RequestMetrics, request_metrics
 from .spread import Spread
 
 log = logging.getLogger("flask_cluster.worker")
@@ -68,6 +70,7 @@ class Worker:
         self.server_address = spec.server_address
         self.master_pid = spec.master_pid
         self.engine: Engine | None = None
+        self.metrics: RequestMetrics | None = None  # --metrics
         self.channel = ipc.MessageChannel(spec.sockets.messages)
         self._signals: Wakeup | None = None
         self._retiring = False
@@ -82,6 +85,8 @@ class Worker:
         set_title(f"flask-cluster worker {self.worker_id} [{self.app_name}]")
         self.memory = ResidentMemory()  # here: /proc/self is this process only after the fork
         self._install_signals()
+        if self.config.metrics:
+            use_multiprocess_values()  # before the app creates its metrics
         try:
             app = self.load_app()
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a bad app counts too
@@ -112,6 +117,8 @@ class Worker:
             return EXIT_OK  # the master is gone already
         engine.run()
         engine.close()
+        if self.metrics is not None:
+            self.metrics.flush()
         if extension is not None:
             with app.app_context():
                 extension.run_stop_hooks()
@@ -122,6 +129,7 @@ class Worker:
         words = self.scoreboard.words
         base = self.scoreboard.base(self.slot)
         requests_index, in_flight_index = base + REQUESTS, base + IN_FLIGHT
+        self.metrics = request_metrics(self.scoreboard, self.slot) if config.metrics else None
         max_requests = 0
         if config.max_requests:
             max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -165,6 +173,7 @@ class Worker:
             header_timeout=config.header_timeout,
             max_connections=config.max_connections,
             trusted_proxies=parse_trusted(config.forwarded_allow_ips),
+            record=self.metrics.record if self.metrics is not None else None,
         )
         engine.tick_callbacks.append(self._heartbeat)
         engine.on_stop_asked = lambda: self._stop(self.config.graceful_timeout)
@@ -254,6 +263,8 @@ class Worker:
         else:
             self.scoreboard.set(self.slot, HEARTBEAT_MS, now_ms())
         self.scoreboard.set(self.slot, RSS_KIB, self.memory.kib())
+        if self.metrics is not None:
+            self.metrics.flush()
         if os.getppid() != self.master_pid:
             self._master_gone()
 

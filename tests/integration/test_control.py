@@ -25,7 +25,7 @@ from tests.ops_apps.client import cluster_in, ctl, ctl_ok, status
 OPS = "tests.ops_apps.ops"
 NOBODY = 65534
 WORKER_FIELDS = {"worker_id", "pid", "state", "uptime", "requests", "in_flight", "untaken",
-                 "rss_mib", "restarts"}
+                 "rss_mib", "restarts", "req_s", "p50_ms", "p99_ms"}
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 
 
