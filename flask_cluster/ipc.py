@@ -15,9 +15,14 @@ Two socket pairs per worker, made before the fork:
 
 from __future__ import annotations
 
+import logging
+import resource
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("flask_cluster")
 
 FRAME_HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
@@ -119,6 +124,19 @@ class MessageChannel:
 
 
 MAX_FDS_PER_PACKET = 64  # well under the kernel's SCM_MAX_FD (253)
+
+
+def _packet_fds() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_FDS_PER_PACKET
+    return max(1, min(MAX_FDS_PER_PACKET, soft // 16))
+
+
+# Most descriptors sent in one packet: fewer under a low descriptor limit (set before the
+# master starts; workers inherit it). A receiver takes a packet whole or loses what does not
+# fit, so a worker near its limit must be able to make room for a whole one.
+PACKET_FDS = _packet_fds()
 Peer = tuple[str, str]  # the client's (address, port); ("", "") on a Unix socket
 
 
@@ -130,10 +148,11 @@ def encode_peer(address: Any) -> bytes:
 
 
 def send_connections(channel: socket.socket, fds: list[int], peers: list[bytes]) -> bool:
-    """Pass connections to a worker in one packet (their peers as its data). False when the
+    """Pass connections to a worker in one packet (their peers as its data, each ended by a
+    newline, so the data alone says how many descriptors the packet carries). False when the
     worker's queue is full (try another worker); :class:`ChannelClosed` when it is gone."""
     try:
-        socket.send_fds(channel, [b"\n".join(peers) or b"\n"], fds)
+        socket.send_fds(channel, [b"\n".join(peers) + b"\n"], fds)
     except BlockingIOError:
         return False
     except OSError as exc:
@@ -141,14 +160,35 @@ def send_connections(channel: socket.socket, fds: list[int], peers: list[bytes])
     return True
 
 
-def receive_passed(channel: socket.socket, limit: int) -> list[tuple[int, bytes]]:
+def peek_passed(channel: socket.socket) -> int:
+    """How many descriptors the next packet on ``channel`` carries, without taking them (0 when
+    none waits, or the channel is gone: the receive that follows says so). Reading the data
+    alone installs no descriptor: the packet, and every descriptor in it, stays queued."""
+    try:
+        return channel.recv(64 * MAX_FDS_PER_PACKET, socket.MSG_PEEK).count(b"\n")
+    except OSError:
+        return 0
+
+
+def log_dropped(count: int) -> None:
+    log.warning("the kernel dropped %d passed connection(s): this process is at its "
+                "descriptor limit (ulimit -n %s)", count, _nofile())
+
+
+def receive_passed(channel: socket.socket, limit: int,
+                   on_dropped: Callable[[int], None] = log_dropped) -> list[tuple[int, bytes]]:
     """Descriptors passed by :func:`send_connections` and each one's peer as sent, from up to
-    ``limit`` packets; :class:`ChannelClosed` if the sender is gone and nothing came before."""
+    ``limit`` packets; :class:`ChannelClosed` if the sender is gone and nothing came before.
+
+    A process at its descriptor limit gets fewer descriptors than were sent (``MSG_CTRUNC``):
+    the kernel closes the rest, resetting their clients. ``on_dropped`` is told how many, so
+    they are not counted as waiting forever; it cannot bring them back (see
+    :func:`peek_passed` to check for room first)."""
     passed: list[tuple[int, bytes]] = []
     for _ in range(limit):
         try:
-            data, fds, _flags, _addr = socket.recv_fds(channel, 64 * MAX_FDS_PER_PACKET,
-                                                       MAX_FDS_PER_PACKET)
+            data, fds, flags, _addr = socket.recv_fds(channel, 64 * MAX_FDS_PER_PACKET,
+                                                      MAX_FDS_PER_PACKET)
         except BlockingIOError:
             break
         except OSError as exc:
@@ -159,17 +199,20 @@ def receive_passed(channel: socket.socket, limit: int) -> list[tuple[int, bytes]
             if passed:
                 break  # these are ours to serve; the next call reports the sender gone
             raise ChannelClosed("end of stream")
+        if flags & socket.MSG_CTRUNC and data.count(b"\n") > len(fds):
+            on_dropped(data.count(b"\n") - len(fds))
         peers = data.split(b"\n")
         passed += [(fd, peers[index] if index < len(peers) else b"")
                    for index, fd in enumerate(fds)]
     return passed
 
 
-def receive_connections(channel: socket.socket, limit: int, family: socket.AddressFamily
+def receive_connections(channel: socket.socket, limit: int, family: socket.AddressFamily,
+                        on_dropped: Callable[[int], None] = log_dropped
                         ) -> list[tuple[socket.socket, Peer]]:
     """Connections passed by the master, from up to ``limit`` packets; :class:`ChannelClosed`
-    if it is gone and nothing came before that."""
-    return wrap_passed(receive_passed(channel, limit), family)
+    if it is gone and nothing came before that. ``on_dropped``: see :func:`receive_passed`."""
+    return wrap_passed(receive_passed(channel, limit, on_dropped), family)
 
 
 def wrap_passed(passed: list[tuple[int, bytes]], family: socket.AddressFamily
@@ -181,3 +224,8 @@ def wrap_passed(passed: list[tuple[int, bytes]], family: socket.AddressFamily
         # family and type given: socket() would otherwise ask the kernel for both
         connections.append((socket.socket(family, socket.SOCK_STREAM, 0, fd), (host, port)))
     return connections
+
+
+def _nofile() -> str:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)

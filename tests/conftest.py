@@ -317,12 +317,14 @@ def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def cluster_process(log_path: Path, app: str, *args: str, env: dict[str, str] | None = None,
-                    graceful_timeout: float = 5.0) -> Iterator[ClusterProcess]:
-    """Start ``flask --app APP cluster-run ARGS`` and always clean up its process group."""
+                    graceful_timeout: float = 5.0,
+                    preexec_fn: Callable[[], None] | None = None) -> Iterator[ClusterProcess]:
+    """Start ``flask --app APP cluster-run ARGS`` and always clean up its process group.
+    ``preexec_fn`` runs in the child before the command (to set resource limits, say)."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cluster_command(app, *args), cwd=ROOT, env=cluster_env(env),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=preexec_fn)
     cluster = ClusterProcess(proc, log_path, graceful_timeout)
     try:
         yield cluster
@@ -335,7 +337,8 @@ StartCluster = Callable[..., ClusterProcess]
 
 @pytest.fixture
 def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
-    """``start_cluster(app, *options, workers=2, wait=True, env=None)``: a running cluster.
+    """``start_cluster(app, *options, workers=2, wait=True, env=None, preexec_fn=None)``: a
+    running cluster.
 
     Binds port 0 on 127.0.0.1 unless ``--uds`` is given; uses ``--graceful-timeout 5``. Every
     cluster started through the fixture is stopped at teardown, whatever the test did.
@@ -344,7 +347,8 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
     count = 0
 
     def start(app: str = "tests.apps.basic", *options: str, workers: int = 2, wait: bool = True,
-              env: dict[str, str] | None = None, graceful_timeout: float = 5.0) -> ClusterProcess:
+              env: dict[str, str] | None = None, graceful_timeout: float = 5.0,
+              preexec_fn: Callable[[], None] | None = None) -> ClusterProcess:
         nonlocal count
         count += 1
         args = ["--workers", str(workers), "--graceful-timeout", str(graceful_timeout)]
@@ -353,7 +357,7 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
         args += options  # after the defaults: click takes the last value of an option
         cluster = stack.enter_context(cluster_process(
             tmp_path / f"cluster-{count}.log", app, *args, env=env,
-            graceful_timeout=graceful_timeout))
+            graceful_timeout=graceful_timeout, preexec_fn=preexec_fn))
         if wait:
             cluster.wait_started()
         return cluster

@@ -6,8 +6,11 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -392,3 +395,54 @@ def test_scoreboard_is_shared_with_a_forked_child() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert board.get(1, REQUESTS) == 7  # the master sees the child's writes
     assert board.get(1, PID) == pid
+
+
+def test_a_peek_counts_the_connections_of_a_packet_without_taking_them(
+        handoff: tuple[socket.socket, socket.socket]) -> None:
+    """What a worker near its descriptor limit reads first, to make room for a whole packet."""
+    master_end, worker_end = handoff
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        assert ipc.peek_passed(worker_end) == 0  # nothing waits
+        assert ipc.send_connections(master_end, [theirs.fileno() for _, theirs in pairs],
+                                    [b"", b"", b""])  # a Unix socket's peers are empty
+        open_before = len(os.listdir("/proc/self/fd"))
+
+        assert ipc.peek_passed(worker_end) == 3
+        assert len(os.listdir("/proc/self/fd")) == open_before  # no descriptor installed
+        taken = ipc.receive_connections(worker_end, 8, socket.AF_UNIX)
+        assert len(taken) == 3
+        for sock, _ in taken:
+            sock.close()
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+DROPPED_AT_THE_LIMIT = """
+import os, resource, socket
+from flask_cluster import ipc
+
+_, _, master_end, worker_end = ipc.channel_pairs()
+clients = [socket.socket() for _ in range(5)]
+assert ipc.send_connections(master_end, [c.fileno() for c in clients], [b"10.0.0.1 1"] * 5)
+lowest_free = os.dup(0)
+os.close(lowest_free)
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + 2, hard))  # room for two
+dropped = []
+passed = ipc.receive_passed(worker_end, 8, dropped.append)
+print(len(passed), dropped)
+"""
+
+
+def test_connections_the_kernel_drops_at_the_descriptor_limit_are_reported() -> None:
+    """Regression: MSG_CTRUNC was ignored, so the master counted the dropped connections as
+    waiting for their worker forever."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", DROPPED_AT_THE_LIMIT], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "[3]"]

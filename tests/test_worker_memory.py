@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 AT_THE_LIMIT = """
 import resource
-from flask_cluster.worker.process import ResidentMemory
+from flask_cluster.worker.memory import ResidentMemory
 
 memory = ResidentMemory()
 before = memory.kib()

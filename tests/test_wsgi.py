@@ -13,6 +13,7 @@ from wsgiref.validate import check_environ
 
 import pytest
 
+from flask_cluster.http import wsgi
 from flask_cluster.http.parser import Limits, Request, RequestParser
 from flask_cluster.http.wsgi import (
     FileWrapper,
@@ -675,3 +676,22 @@ def test_file_wrapper_without_close() -> None:
             return b""
 
     FileWrapper(Reader()).close()  # type: ignore[arg-type]  # nothing to close, no error
+
+
+def test_the_date_line_is_never_empty_for_a_thread_that_comes_in_between(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: an app thread asking while another formatted the new second got "" (in a
+    fresh worker under --threads N), and its response was refused as a bad header: a 500."""
+    cache = wsgi._DateCache()
+    seen: list[str] = []
+    real = wsgi.formatdate
+
+    def formatdate_while_another_thread_asks(*args: Any, **kwargs: Any) -> str:
+        if not seen:
+            seen.append("")  # once: the other thread's call formats for itself
+            seen[0] = cache.get()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wsgi, "formatdate", formatdate_while_another_thread_asks)
+    assert cache.get().startswith("Date: ")
+    assert seen[0].startswith("Date: ")

@@ -157,8 +157,10 @@ class _DateCache:
     def get(self) -> str:
         now = int(time.time())
         if now != self.second:
-            self.second = now
+            # The line first: an app thread that sees the new second must find its line (it
+            # found "" in a fresh worker, and the response was refused as a bad header: a 500).
             self.line = f"Date: {formatdate(now, usegmt=True)}\r\n"
+            self.second = now
         return self.line
 
 

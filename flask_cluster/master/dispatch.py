@@ -238,12 +238,18 @@ class Dispatcher:
             worker_id = order[0].worker_id
             shares.setdefault(worker_id, (order, []))[1].append(item)
             assigned[worker_id] = assigned.get(worker_id, 0) + 1
-        for order, items in shares.values():
-            if self._hand_off(items, order):
-                for item in items:
-                    os.close(item.fd)
-            else:
-                self._wait(items)
+        for order, share in shares.values():
+            # Under a low descriptor limit, packets a worker near it can take whole. A worker
+            # whose app runs on its loop takes one packet a wake-up, and what it has not taken
+            # goes to another worker if it is killed: one connection a packet then.
+            size = 1 if self.serving_blocks else ipc.PACKET_FDS
+            for start in range(0, len(share), size):
+                items = share[start:start + size]
+                if self._hand_off(items, order):
+                    for item in items:
+                        os.close(item.fd)
+                else:
+                    self._wait(items)
 
     def _hand_off(self, batch: list[Accepted], candidates: list[Target]) -> Target | None:
         taker = hand_off(batch, candidates, self.on_gone)

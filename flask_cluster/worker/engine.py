@@ -279,13 +279,19 @@ class Engine:
                 except Exception:
                     target.crashed()
             else:
-                target()
+                try:
+                    target()
+                except Exception:  # EMFILE, ENOSPC...: logged; the loop serves on
+                    log.exception("error in the worker's loop")
         for callback in self.idle_callbacks:
             callback()
 
     def _housekeeping(self, now: float) -> None:
         for callback in self.tick_callbacks:
-            callback(now)
+            try:
+                callback(now)
+            except Exception:  # the heartbeat among them: logged; the loop serves on
+                log.exception("error in the worker's housekeeping")
         idle_since = now - self.keep_alive
         stalled_since = now - self.header_timeout
         for conn in list(self.connections):

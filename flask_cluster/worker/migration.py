@@ -54,8 +54,8 @@ class HandBack:
         """Hand idle ``conns`` to the master without closing them (only our copies close; the
         client's connection stays open). Returns those the channel did not take now (it is
         full: try again later). With the master gone, closes them as a stopping worker would."""
-        for start in range(0, len(conns), ipc.MAX_FDS_PER_PACKET):
-            batch = conns[start:start + ipc.MAX_FDS_PER_PACKET]
+        for start in range(0, len(conns), ipc.PACKET_FDS):
+            batch = conns[start:start + ipc.PACKET_FDS]
             try:
                 sent = ipc.send_connections(self.channel, [conn.sock.fileno() for conn in batch],
                                             [_peer(conn) for conn in batch])
@@ -70,8 +70,8 @@ class HandBack:
     def pass_on(self, passed: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         """Connections the master passed and we never read: back as they came. Returns those
         the channel did not take."""
-        for start in range(0, len(passed), ipc.MAX_FDS_PER_PACKET):
-            batch = passed[start:start + ipc.MAX_FDS_PER_PACKET]
+        for start in range(0, len(passed), ipc.PACKET_FDS):
+            batch = passed[start:start + ipc.PACKET_FDS]
             try:
                 if not ipc.send_connections(self.channel, [fd for fd, _ in batch],
                                             [peer for _, peer in batch]):
@@ -203,8 +203,8 @@ class Unserved:
                 taken.append(self.queue.popleft())
             except IndexError:
                 break
-        for start in range(0, len(taken), ipc.MAX_FDS_PER_PACKET):
-            batch = taken[start:start + ipc.MAX_FDS_PER_PACKET]
+        for start in range(0, len(taken), ipc.PACKET_FDS):
+            batch = taken[start:start + ipc.PACKET_FDS]
             try:
                 sent = ipc.send_connections(
                     self.channel, [sock.fileno() for sock, _ in batch],

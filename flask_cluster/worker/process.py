@@ -10,7 +10,6 @@ import gc
 import logging
 import os
 import random
-import resource
 import signal
 import sys
 import time
@@ -41,7 +40,9 @@ from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .app_metrics import use_multiprocess_values
 from .engine import Engine
+from .fd_budget import FdBudget
 from .free_signal import FreeSignal
+from .memory import ResidentMemory
 from .messenger import WorkerMessenger
 from .migration import HandBack, Retirement, Unserved
 from .request_metrics import RequestMetrics, request_metrics
@@ -75,6 +76,7 @@ class Worker:
         self._retiring = False
         self._stopping = False
         self._stuck_logged = False
+        self.handoff_batch = 1 if spec.config.threads == 1 else HANDOFF_BATCH
 
     # -- in the child -------------------------------------------------------------------------
 
@@ -191,22 +193,38 @@ class Worker:
             engine.accept_from(sockets.listener)
         assert self._signals is not None
         engine.add_reader(self._signals.reader, self._on_signal)
+        # Last: the cap leaves out what is open by now.
+        self.fd_budget = FdBudget(engine, config.threads, config.max_connections)
+        if sockets.handoff is None:  # accepting itself: it sheds as it accepts
+            engine.on_connection = self.fd_budget.shedding(on_connection)
         return engine
 
     def _receive_connections(self) -> None:
         self._take_connections()
 
     def _take_connections(self) -> bool:
-        """Take up to a batch of passed connections; True when the batch was full."""
-        assert self.engine is not None and self.sockets.handoff is not None
+        """Take up to a batch of passed connections; True when some were taken."""
+        handoff, budget = self.sockets.handoff, self.fd_budget
+        assert self.engine is not None and handoff is not None
+        # No more packets than there is room for (at the descriptor limit the kernel would drop
+        # what does not fit, resetting clients); near the cap, one once there is room for it.
+        # With the app on the loop, one packet a wake-up: what waits in the channel is taken
+        # back and served elsewhere if we die (kill -9, the OOM killer), what we took is lost.
+        packets = min(self.handoff_batch, budget.room() // ipc.PACKET_FDS)
+        if not packets:
+            packets = 1
+            count = ipc.peek_passed(handoff)
+            if not budget.make_room(count) and count <= budget.cap:
+                budget.hold(handoff, self._receive_connections)
+                return False
         try:
-            connections = ipc.receive_connections(self.sockets.handoff, HANDOFF_BATCH,
-                                                  self.sockets.family)
+            connections = ipc.receive_connections(handoff, packets, self.sockets.family,
+                                                  self._dropped)
         except ipc.ChannelClosed:
-            self.engine.remove_reader(self.sockets.handoff)
+            self.engine.remove_reader(handoff)
             self._master_gone()
             return False
-        self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(connections)
+        self._count_received(len(connections))
         unserved = self.unserved.queue
         unserved.extend(connections)
         while True:
@@ -215,7 +233,17 @@ class Worker:
             except IndexError:
                 break
             self.engine.add_connection(sock, peer)
-        return len(connections) == HANDOFF_BATCH
+        return bool(connections)
+
+    def _count_received(self, count: int) -> None:
+        """Taken off the hand-off channel: the master no longer counts them as untaken."""
+        self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += count
+
+    def _dropped(self, count: int) -> None:
+        """Passed to us, dropped by the kernel at our descriptor limit: gone from the channel
+        all the same (the master must not count them as untaken forever)."""
+        self._count_received(count)
+        self.fd_budget.dropped(count)
 
     def _heartbeat(self, now: float) -> None:
         assert self.engine is not None
@@ -269,10 +297,13 @@ class Worker:
         if sockets.handoff is not None:
             if retirement is not None:
                 self._pass_on_untaken(retirement.hand_back)
-            # Connections the master passed before it took us out of rotation are still ours,
-            # every one of them (not only the first batch).
-            while self._take_connections():
-                pass
+            # Connections the master passed before it took us out of rotation are still ours
+            # (what is left at our exit it takes back). Bounded: sent a TERM directly, we are
+            # still in its rotation, and it goes on passing.
+            for _ in range(HANDOFF_BATCH):
+                if not self._take_connections():
+                    break
+            self.fd_budget.forget_held()
             engine.remove_reader(sockets.handoff)
         if sockets.listener is not None:
             engine.remove_listener(sockets.listener)
@@ -295,12 +326,12 @@ class Worker:
         assert self.engine is not None and handoff is not None
         while True:
             try:
-                passed = ipc.receive_passed(handoff, HANDOFF_BATCH)
+                passed = ipc.receive_passed(handoff, HANDOFF_BATCH, self._dropped)
             except ipc.ChannelClosed:
                 return
             if not passed:
                 return
-            self.scoreboard.words[self.scoreboard.base(self.slot) + RECEIVED] += len(passed)
+            self._count_received(len(passed))
             left = hand_back.pass_on(passed)
             for sock, peer in ipc.wrap_passed(left, self.sockets.family):
                 self.engine.add_connection(sock, peer)
@@ -346,33 +377,6 @@ class Worker:
         except ipc.ChannelClosed:
             print(details, end="", file=sys.stderr, flush=True)  # no master to show it
         return EXIT_BOOT_ERROR
-
-
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-class ResidentMemory:
-    """This process's resident memory in KiB, for the heartbeat.
-
-    ``/proc/self/statm`` is opened once, in the worker, and read again with ``pread``: a worker
-    at its descriptor limit (EMFILE) still reports its memory, and the heartbeat never raises
-    out of the loop. Where there is no ``/proc`` (macOS), the peak resident size stands in.
-    """
-
-    def __init__(self) -> None:
-        try:
-            self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self.fd = -1
-
-    def kib(self) -> int:
-        if self.fd >= 0:
-            try:
-                return int(os.pread(self.fd, 128, 0).split()[1]) * _PAGE_KIB
-            except (OSError, ValueError, IndexError):
-                pass
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak // 1024 if sys.platform == "darwin" else peak
 
 
 def one_line_reason(exc: BaseException) -> str:

@@ -155,3 +155,35 @@ def test_interim_status_from_the_app_gives_500(make_server: Callable[..., Server
         reply = client.request("GET", "/")
         assert (reply.status, reply.body) == (200, b"ok")
     assert server.crashed is None
+
+
+def test_an_error_in_a_reader_or_a_tick_is_logged_and_the_loop_serves_on(
+        make_server: Callable[..., Server], state: AppState, fast_tick: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: at the descriptor limit, the heartbeat's EMFILE left the loop and the worker
+    died with every connection it held. Whatever a reader or a tick raises is logged instead."""
+    server = make_server(validator(make_app(state)))
+    ticks: list[float] = []
+
+    def tick(now: float) -> None:
+        ticks.append(now)
+        raise OSError(24, "Too many open files")
+
+    theirs, ours = socket.socketpair()
+
+    def reader() -> None:
+        ours.recv(1)
+        raise OSError(24, "Too many open files")
+
+    with caplog.at_level(logging.ERROR, logger="flask_cluster.worker"), theirs, ours:
+        server.call(lambda: server.engine.tick_callbacks.append(tick))
+        server.call(lambda: server.engine.add_reader(ours, reader))
+        theirs.send(b"x")
+        wait_for(lambda: len(ticks) >= 2, what="two ticks")
+
+        with server.client() as client:
+            assert client.request("GET", "/").status == 200
+        server.call(lambda: server.engine.remove_reader(ours))
+    messages = [record.getMessage() for record in caplog.records]
+    assert "error in the worker's loop" in messages
+    assert "error in the worker's housekeeping" in messages

@@ -346,6 +346,8 @@ def test_worker_above_max_memory_is_replaced_gracefully(start_cluster: StartClus
         replacement = cluster.wait_ready([hog_id], 20, not_pids=frozenset([hog_pid]))[hog_id]
         replaced = time.monotonic() - hogged
         wait_until(lambda: not alive(hog_pid), 15, message="the hog to exit")
+        # Gone is not yet reaped: the master logs the exit a moment later.
+        wait_log_count(cluster, f"worker {hog_id} (pid {hog_pid}) exited (exit code 0)", 1, 10)
         wait_until(lambda: replacement in load.served_by(), 10, message="the replacement to serve")
     measured("max-memory noticed / replacement ready after (s)",
              (round(noticed, 2), round(replaced, 2)))

@@ -15,6 +15,7 @@ from flask_cluster import FlaskCluster
 cluster = FlaskCluster()
 notes: list[Any] = []  # what the "note" broadcasts brought to this worker
 hoard: list[bytes] = []  # memory /hog keeps alive
+held_files: list[int] = []  # descriptors /hold-files keeps open
 
 
 @cluster.on("note")
@@ -54,6 +55,11 @@ def create_app() -> Flask:
     def hog(mib: int) -> Any:
         hoard.append(b"\x01" * (mib << 20))  # written, so resident, and kept until exit
         return jsonify({**identity(), "held_mib": sum(len(b) for b in hoard) >> 20})
+
+    @app.get("/hold-files/<int:count>")
+    def hold_files(count: int) -> Any:
+        held_files.extend(os.open(os.devnull, os.O_RDONLY) for _ in range(count))
+        return jsonify({**identity(), "held_files": len(held_files)})
 
     @app.get("/notes")
     def show_notes() -> Any:
