@@ -121,8 +121,9 @@ class Choice:
     """The workers that may take the next connection now, in the order to try them.
 
     ``queue_depth`` applies with ``serving_blocks`` only (``--threads 1``): a worker may be
-    given a connection while it serves at most ``queue_depth`` requests. None: any ready worker, busy or not (the behaviour before holding, and the one for threaded
-    workers, which serve several at once).
+    given a connection while it serves at most ``queue_depth`` requests. None: any ready
+    worker, busy or not (the behaviour before holding, and the one for threaded workers,
+    which serve several at once).
 
     Connections passed to a worker (in this batch, or earlier and not yet taken) count in the
     turns, so a burst spreads over the free workers, but not against its room: a new
