@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 WORKLOADS = {  # name -> (app target, extra wrk arguments)
     "flask keep-alive": ("benchmarks.apps:app", []),
+    "flask Connection: close": ("benchmarks.apps:app", ["-H", "Connection: close"]),
     "flask pipelined x8": ("benchmarks.apps:app", ["-s", "benchmarks/pipeline.lua"]),
     "raw WSGI keep-alive": ("benchmarks.apps:raw_app", []),
     "raw WSGI pipelined x8": ("benchmarks.apps:raw_app", ["-s", "benchmarks/pipeline.lua"]),
