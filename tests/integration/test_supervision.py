@@ -326,3 +326,41 @@ def test_a_kill_storm_costs_about_the_request_in_progress_per_kill(
 
     assert kills == 12
     assert len(load.failures) <= 2 * kills, load.failures
+
+
+def test_a_kill_storm_under_keep_alive_costs_only_the_killed_workers_connections(
+        start_cluster: StartCluster) -> None:
+    """Issue 16's bound with keep-alive: a SIGKILLed worker loses the requests in flight on its
+    connections, and nothing else fails (no connection of the other worker, no reconnect, no
+    moment without a worker to serve). Each client has at most one request outstanding (no
+    pause), so a kill's share of the bound is the number of open connections the victim was the
+    last to answer on; every failure, retried or not, counts (``strict``)."""
+    cluster = start_cluster("tests.ops_apps.ops", workers=2)
+    kills: list[tuple[float, int]] = []
+    with Load(cluster, "/worker", new=0, keep=16, pause=0.0, strict=True) as load:
+        load.wait_for_more(100)
+        for index in range(12):
+            time.sleep(0.5)  # the pace of the storm, not a wait for a condition
+            live = cluster.worker_pids()
+            if live:
+                victim = live[index % len(live)]
+                kills.append((time.monotonic(), victim))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+        load.wait_for_more(100)
+    bound = sum(_open_connections_last_answered_by(load, pid, at) for at, pid in kills)
+    print(f"MEASURED kills / bound / failed requests: {len(kills)} / {bound} / "
+          f"{len(load.failures)}")
+
+    assert len(kills) == 12
+    assert len(load.failures) <= bound, load.failures
+
+
+def _open_connections_last_answered_by(load: Load, pid: int, at: float) -> int:
+    """Keep-alive connections whose last answer before ``at`` came from ``pid`` (a connection
+    that failed before ``at`` has its last answer from a worker killed earlier)."""
+    last: dict[int, int] = {}
+    for outcome in load.outcomes:
+        if outcome.at < at and outcome.connection:
+            last[outcome.connection] = outcome.body["pid"]
+    return sum(answered_by == pid for answered_by in last.values())
