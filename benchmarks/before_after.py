@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .servers import HOST, free_port
+from .servers import HOST, free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
@@ -74,12 +74,7 @@ def cluster(target: str, package_root: Path, *options: str) -> Iterator[str]:
                 time.sleep(0.1)
             yield f"http://{HOST}:{port}/"
         finally:
-            for sig in (15, 9):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(timeout=10)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
+            stop_group(proc)
 
 
 def wrk(url: str, extra: list[str], seconds: int) -> float:

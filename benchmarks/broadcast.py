@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.servers import cpu_seconds, descendants
+from benchmarks.servers import cpu_seconds, descendants, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = re.compile(r"serving \S+ on (http://\S+) with (\d+) worker")
@@ -48,21 +46,8 @@ def start(workers: int, log: Path, *options: str) -> tuple[subprocess.Popen[byte
         if proc.poll() is not None:
             raise RuntimeError(f"the cluster exited:\n{text}")
         time.sleep(0.1)
-    stop(proc)
+    stop_group(proc)
     raise RuntimeError("the cluster did not start within 60 s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def get(url: str) -> dict[str, Any]:
@@ -79,7 +64,7 @@ def measure(workers: int, rounds: int, messages: int) -> dict[str, Any]:
             trip = get(f"{base}/round-trip?n={rounds}")
             flow = get(f"{base}/throughput?n={messages}")
         finally:
-            stop(proc)
+            stop_group(proc)
     return {**trip, **flow}
 
 
@@ -99,7 +84,7 @@ def start_redis(tmp: str) -> tuple[subprocess.Popen[bytes], str]:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
             return proc, f"redis://127.0.0.1:{port}/0"
         time.sleep(0.05)
-    stop(proc)
+    stop_group(proc)
     raise RuntimeError("redis-server did not start within 30 s")
 
 
@@ -125,7 +110,7 @@ def over_pipes_and_redis(workers: int, url: str, messages: int, pings: int,
             results.append({"path": "pipes", **get(f"{base}/latency?n={pings}"),
                             **get(f"{base}/throughput?n={messages}")})
         finally:
-            stop(proc)
+            stop_group(proc)
         options = ("--broker", url, "--cluster-name", f"bench-{workers}",
                    "--broker-buffer", str(messages * 2))
         hosts = [start(workers, Path(tmp, f"host-{index}.log"), *options) for index in (0, 1)]
@@ -145,7 +130,7 @@ def over_pipes_and_redis(workers: int, url: str, messages: int, pings: int,
             results.append({"path": "Redis", **latency, **flow, "cpu_us": cpu_us})
         finally:
             for proc, _base in hosts:
-                stop(proc)
+                stop_group(proc)
     return results
 
 
@@ -175,7 +160,7 @@ def main() -> None:
                         if "cpu_us" in result:
                             cpu.append((workers, result["cpu_us"]))
             finally:
-                stop(redis_proc)
+                stop_group(redis_proc)
         print("\nCPU time per broadcast through Redis, by process (us):\n")
         print("| workers per host | " + " | ".join(cpu[0][1]) + " |")
         print("|---:|" + "---:|" * len(cpu[0][1]))

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from benchmarks.reload_faults import ROOT, command, free_port, wait_serving
+from benchmarks.servers import stop_group
 
 KILL_EVERY = 0.5
 STORM = 10.0
@@ -61,13 +62,7 @@ def server(name: str) -> Iterator[Server]:
             wait_serving(port)
             yield Server(proc, port)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_group(proc)
 
 
 class Gaps(threading.Thread):

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.servers import stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.ops_apps.ops"
 
@@ -70,13 +72,7 @@ def run(server: str, root: Path, reloads: tuple[float, ...] = (4.0, 9.0, 14.0)) 
                 os.kill(proc.pid, signal.SIGHUP)
             out, _ = wrk.communicate(timeout=60)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_group(proc)
         log.seek(0)
         text = log.read().decode(errors="replace")
     done = len(re.findall(r"reload complete|Handling signal: hup", text))

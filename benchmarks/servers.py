@@ -134,6 +134,21 @@ def free_port() -> int:
         return port
 
 
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group ``proc`` leads, 15 s to finish, then SIGKILL to what is
+    left: every benchmark stops its servers so, by group, never by name."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """/proc/<pid>/stat from field 3 (state) on, or None if the process is gone."""
     try:
