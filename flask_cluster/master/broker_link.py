@@ -17,7 +17,6 @@ again (:mod:`.redis_relay`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import marshal
 import os
@@ -173,22 +172,14 @@ class Link:
                         self._status()
                     told = self._forward(told)
                 except ipc.ChannelClosed:  # the master stopped (or died): so did its workers
-                    self._stopping.set()  # the writer announces no more
-                    self._withdraw()
+                    # The writer announces no more. The host's key is left to expire (5 s),
+                    # as a dead host's is: a gather meanwhile names its workers missing rather
+                    # than answering as if they had never been there.
+                    self._stopping.set()
                     return
         finally:
             self._stopping.set()
             self.outbox.wake()
-
-    def _withdraw(self) -> None:
-        """Take this host out of the directory, so no gather waits for its workers."""
-        with contextlib.suppress(redis.RedisError, OSError):
-            client = self._connect(self._url)
-            try:
-                client.delete(self.host_key)
-                client.srem(self.hosts_key, self.host)
-            finally:
-                client.close()
 
     def take(self, frames: list[bytes]) -> None:
         """What the master sent: entries for Redis, and the announcement of this host."""

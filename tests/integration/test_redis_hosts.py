@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flask_cluster.master import entries
-from flask_cluster.master.broker_link import host_key, hosts_key, stream_key
+from flask_cluster.master.broker_link import host_key, stream_key
 from tests.conftest import ClusterProcess, StartCluster, wait_until
 from tests.integration.test_redis import APP, RedisServer, pytestmark, redis_server, wait_for_states
 from tests.ops_apps.client import ctl_ok, status
@@ -71,18 +71,21 @@ def test_gather_answers_come_from_every_worker_of_both_hosts_and_a_dead_host_is_
     assert incomplete["missing"] == [] and len(incomplete["replies"]) == 2
 
 
-def test_a_host_that_stops_leaves_the_directory_and_is_waited_for_no_more(
+def test_a_host_that_stops_is_named_missing_until_its_key_expires_then_waited_for_no_more(
         start_cluster: StartCluster, redis_server: Servers, tmp_path: Path) -> None:
     server = redis_server()
     one, two = two_hosts(start_cluster, server, tmp_path)
     two_id = host(two, tmp_path / "two.sock")["host"]
 
-    two.stop()  # returns once its process group is gone, the broker link included
+    two.stop()  # graceful: returns once its process group is gone, the broker link included
 
+    incomplete = one.get_json("/gather/pid?timeout=1", expect=504)
+    assert incomplete["missing_hosts"] == {two_id: [0, 1]}
+    assert len(incomplete["replies"]) == 2
     client = server.client()
-    assert not client.exists(host_key("hosts", two_id))  # deleted, not left to its TTL
-    assert client.smembers(hosts_key("hosts")) == {host(one, tmp_path / "one.sock", seen=1)
-                                                   ["host"].encode()}
+    wait_until(lambda: not client.exists(host_key("hosts", two_id)), 15, interval=0.2,
+               message="the stopped host's key to expire")
+    host(one, tmp_path / "one.sock", seen=1)
     assert len(one.get_json("/gather/pid?timeout=5")["replies"]) == 2
 
 
