@@ -53,7 +53,8 @@ def test_queue_depth_lets_that_many_wait_behind_a_request() -> None:
     choice = Choice("round-robin", serving_blocks=True, queue_depth=1)
 
     assert ids(choice.order([busy])) == [0]
-    assert choice.order([Worker(0, serving=2)]) == []
+    assert choice.order([busy], {0: 1}) == []
+    assert choice.order([Worker(0, serving=1, passed=1)]) == []
 
 
 def test_a_stopping_cluster_passes_held_connections_to_busy_workers() -> None:

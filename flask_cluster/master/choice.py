@@ -6,7 +6,7 @@ its turn whatever the kernel's wake-up order (shared accept piles bursts onto on
 
 With ``--threads 1`` a worker serving a request cannot start another, so a connection passed to
 it waits for that request to end, however long it runs, while another worker may be idle. The
-:class:`Choice` therefore offers a connection only to a worker with room: nothing in flight, or
+:class:`Choice` therefore offers a connection only to a worker with room: serving no request, or
 fewer than ``--queue-depth`` connections waiting behind its request. When no worker has room
 the master holds the connection (and leaves the rest in the kernel's backlog) until a worker
 says it is free (``wire.Free``), as gunicorn's sync workers accept only when free.
@@ -120,16 +120,17 @@ class LeastBusy:
 class Choice:
     """The workers that may take the next connection now, in the order to try them.
 
-    ``queue_depth`` applies with ``serving_blocks`` only (``--threads 1``): a worker may be
-    given a connection while it serves at most ``queue_depth`` requests. None: any ready
-    worker, busy or not (the behaviour before holding, and the one for threaded workers,
-    which serve several at once).
+    ``queue_depth`` applies with ``serving_blocks`` only (``--threads 1``): a worker serving a
+    request may be given a connection while at most ``queue_depth`` requests and connections
+    are in flight on it, counting what this batch already gave it. None: any ready worker,
+    busy or not (the behaviour before holding, and the one for threaded workers, which serve
+    several at once).
 
-    Connections passed to a worker (in this batch, or earlier and not yet taken) count in the
-    turns, so a burst spreads over the free workers, but not against its room: a new
-    connection is not a request yet, and counting it held all but one connection per free
-    worker, released one per pass of the master's loop, so 500 slow-header clients sat here
-    past ``--header-timeout`` instead of being answered 408 by the worker.
+    A worker serving no request always has room: connections passed to it (in this batch, or
+    earlier and not yet taken) count only in the turns, so a burst spreads over the free
+    workers. A new connection is not a request yet; counting it against a free worker held all
+    but one connection per free worker, released one per pass of the master's loop, so 500
+    slow-header clients sat here past ``--header-timeout`` instead of being answered 408.
     """
 
     def __init__(self, balance: str, serving_blocks: bool = False,
@@ -144,5 +145,6 @@ class Choice:
         depth = self.queue_depth
         if depth is not None and holding:
             ready = [target for target in ready
-                     if target.in_flight - target.untaken <= depth]
+                     if target.in_flight == target.untaken  # serving no request
+                     or target.in_flight + assigned.get(target.worker_id, 0) <= depth]
         return self.turns.order(ready, assigned)

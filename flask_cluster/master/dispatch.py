@@ -265,8 +265,7 @@ class Dispatcher:
         self._accept_more(False)
         # A worker that ended its request after our look at its in-flight count, but before
         # the holding word above was set, saw no holding and said no Free: look again now,
-        # or the connection waits out RETRY_AFTER (that race set the fast requests' p99 at
-        # about 10 ms in benchmarks.mixed_load, and cost 17 % of Connection: close req/s).
+        # or the connection waits out RETRY_AFTER.
         self.retry()
 
     def worker_free(self, worker: Target) -> None:
@@ -284,7 +283,7 @@ class Dispatcher:
     def retry(self) -> None:
         """Hand off what waits; accept again once nothing does and the rest is over. Called
         on each pass of the master's loop while paused, so also when a worker says it is free
-        (each free worker gets one waiting connection)."""
+        (the free workers take what waits, in turns)."""
         if self.waiting:
             live = self.live()
             assigned: dict[int, int] = {}
