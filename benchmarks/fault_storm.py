@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from benchmarks.reload_faults import ROOT, command, free_port, wait_serving
+from benchmarks.reload_faults import ROOT, command, free_port, wait_serving, wrk_counts
 from benchmarks.servers import stop_group
 
 KILL_EVERY = 0.5
@@ -105,12 +104,9 @@ def kill_storm(name: str, close: bool) -> str:
         out, _ = wrk.communicate(timeout=60)
         gaps.stop.set()
         gaps.join()
-    total = re.search(r"(\d+) requests in", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return (f"| {name} | {'close' if close else 'keep-alive'} | {kills} | "
-            f"{total[1] if total else '?'} | {errors[1] if errors else 'none'} | "
-            f"{non2xx[1] if non2xx else 0} | {gaps.longest:.2f} s |")
+    total, errors, non2xx = wrk_counts(out)
+    return (f"| {name} | {'close' if close else 'keep-alive'} | {kills} | {total} | {errors} | "
+            f"{non2xx} | {gaps.longest:.2f} s |")
 
 
 def serves(port: int) -> bool:

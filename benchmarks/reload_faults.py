@@ -76,12 +76,18 @@ def run(server: str, root: Path, reloads: tuple[float, ...] = (4.0, 9.0, 14.0)) 
         log.seek(0)
         text = log.read().decode(errors="replace")
     done = len(re.findall(r"reload complete|Handling signal: hup", text))
+    total, errors, non2xx = wrk_counts(out)
+    return (f"{server} ({root}): {total} requests, socket errors: {errors}, "
+            f"non-2xx: {non2xx}, reloads seen in its log: {done}")
+
+
+def wrk_counts(out: str) -> tuple[str, str, str]:
+    """Requests, socket errors and non-2xx responses as wrk printed them."""
     total = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return (f"{server} ({root}): {total[1] if total else '?'} requests, "
-            f"socket errors: {errors[1] if errors else 'none'}, "
-            f"non-2xx: {non2xx[1] if non2xx else 0}, reloads seen in its log: {done}")
+    return (total[1] if total else "?", errors[1] if errors else "none",
+            non2xx[1] if non2xx else "0")
 
 
 def main() -> None:
