@@ -67,10 +67,7 @@ def test_idle_clients_beyond_the_descriptor_limit_are_shed_not_new_ones(
         for sock in clients:
             sock.close()
 
-    def untaken() -> int:
-        return sum(worker["untaken"] for worker in status(ctl)["workers"])
-
-    wait_until(lambda: untaken() == 0, 10, message=lambda: f"untaken {untaken()}, want 0")
+    wait_until(lambda: untaken(ctl) == 0, 10, message=lambda: f"untaken {untaken(ctl)}, want 0")
     wait_until(lambda: status_line(cluster.port) == "HTTP/1.1 200 OK", 10,
                message="a request served after the idle clients left")
     after = [status_line(cluster.port) for _ in range(20)]
@@ -104,12 +101,14 @@ def test_connections_dropped_at_the_limit_are_logged_and_not_counted_as_untaken(
         for sock in clients:
             sock.close()
 
-    def untaken() -> int:
-        return sum(worker["untaken"] for worker in status(ctl)["workers"])
-
-    wait_until(lambda: untaken() == 0, 10, message=lambda: f"untaken {untaken()}, want 0")
+    wait_until(lambda: untaken(ctl) == 0, 10, message=lambda: f"untaken {untaken(ctl)}, want 0")
     wait_until(lambda: status_line(cluster.port, "/worker") == "HTTP/1.1 200 OK", 10,
                message="a request served after the idle clients left")
     assert [status_line(cluster.port, "/worker") for _ in range(10)] == ["HTTP/1.1 200 OK"] * 10
     assert cluster.worker_pids() == worker, "the worker did not die"
     assert cluster.log().count("the kernel dropped") == 1, "logged once"
+
+
+def untaken(control_socket: Path) -> int:
+    """Connections passed to the workers and not taken yet, as cluster-ctl status counts them."""
+    return sum(worker["untaken"] for worker in status(control_socket)["workers"])
