@@ -25,7 +25,7 @@ class WorkerSockets:
     """The worker's ends of its channels, and what it listens on."""
 
     messages: socket.socket
-    handoff: socket.socket | None  # round-robin and least-busy: connections come from the master
+    handoff: socket.socket | None  # connections from the master (all it accepts, or moved ones)
     listener: socket.socket | None  # shared: accept on the master's socket
     reuseport: tuple[Any, socket.AddressFamily] | None  # reuseport: bind our own
     family: socket.AddressFamily  # of the master's listener, so of every connection

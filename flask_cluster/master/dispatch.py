@@ -73,18 +73,24 @@ RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try ag
 
 
 class Dispatcher:
-    """The master's accept loop for ``round-robin`` and ``least-busy``.
+    """The master's accept loop for ``round-robin`` and ``least-busy``, and in every mode the
+    path of connections that come back from workers (kept-alive ones a retiring or busy worker
+    hands back, ones a dead or stuck worker never took).
 
-    Accepts, chooses, hands off. A connection no worker can take yet (all queues full, or no
-    worker ready) waits here, and the listener is left alone until it is handed off, so the
-    kernel's backlog holds the rest instead of our memory.
+    Accepts (``accepts``: the master owns accepting), chooses, hands off. A connection no
+    worker can take yet (all queues full, or no worker ready) waits here, and the listener is
+    left alone until it is handed off, so the kernel's backlog holds the rest instead of our
+    memory. With ``shared`` and ``reuseport`` the workers accept themselves and this only
+    passes on what comes back.
     """
 
     def __init__(self, listener: socket.socket, selector: selectors.BaseSelector, balance: str,
                  live: Callable[[], Sequence[Target]], on_gone: Callable[[Target], None],
                  serving_blocks: bool = False, queue_depth: int | None = None,
-                 on_holding: Callable[[int], None] = lambda count: None) -> None:
+                 on_holding: Callable[[int], None] = lambda count: None,
+                 accepts: bool = True) -> None:
         self.listener = listener
+        self.accepts = accepts
         self.selector = selector
         self.serving_blocks = serving_blocks  # --threads 1: a worker serving takes nothing
         self.choice = Choice(balance, serving_blocks, queue_depth)
@@ -102,7 +108,10 @@ class Dispatcher:
     @property
     def paused(self) -> bool:
         """Not accepting for now (resting, connections wait for a worker, or accepting
-        failed): the master calls :meth:`retry` each pass, by :meth:`next_deadline`."""
+        failed), or, where the workers accept, connections wait here: the master calls
+        :meth:`retry` each pass, by :meth:`next_deadline`."""
+        if not self.accepts:
+            return not self.stopped and bool(self.waiting)
         return not self.stopped and not self.accepting
 
     def next_deadline(self) -> float | None:
@@ -159,7 +168,7 @@ class Dispatcher:
             self.selector.unregister(worker.handoff)
         passed = _drain(worker.handoff)
         if passed:
-            self.came_back(worker, passed)
+            self.came_back(worker, passed, kept_alive=True)
 
     def _receive_back(self, worker: Target) -> None:
         assert worker.handoff is not None
@@ -170,17 +179,22 @@ class Dispatcher:
                 self.selector.unregister(worker.handoff)
             return
         if passed:
-            self.came_back(worker, passed)
+            self.came_back(worker, passed, kept_alive=True)
 
-    def came_back(self, worker: Target, passed: list[tuple[int, bytes]]) -> None:
-        """The one path for connections that come back from ``worker`` (it retires and hands
-        back its kept-alive connections, or died leaving some untaken): each goes to another
-        ready worker as if just accepted; its client sees no close. While the cluster stops,
+    def came_back(self, worker: Target, passed: list[tuple[int, bytes]], *,
+                  kept_alive: bool = False) -> None:
+        """The one path for connections that come back from ``worker`` (it retires, or moves
+        them off a slow request, and hands back its kept-alive connections; or it died leaving
+        some untaken): each goes to another ready worker as if just accepted; its client sees
+        no close. ``kept_alive`` ones (handed back between two requests) go to another worker
+        at once, busy or not: held here, they went back to ``worker`` whenever it was the first
+        with room, behind its next slow request (worker/spread.py). While the cluster stops,
         only what a worker can still take is passed on; the rest is closed."""
         items = [Accepted(fd, peer) for fd, peer in passed]
         self.counts["taken_back"] += len(items)
         if not self.stopped:
-            self._dispatch(items, [target for target in self.live() if target is not worker])
+            self._dispatch(items, [target for target in self.live() if target is not worker],
+                           holding=not kept_alive)
             return
         self.waiting.extend(items)
         self.retry()
@@ -221,17 +235,18 @@ class Dispatcher:
             self.resting_until = time.monotonic() + ACCEPT_WINDOW
             self._accept_more(False)
 
-    def _dispatch(self, batch: list[Accepted], live: Sequence[Target]) -> None:
+    def _dispatch(self, batch: list[Accepted], live: Sequence[Target], *,
+                  holding: bool = True) -> None:
         """Choose a worker among ``live`` for each connection, then pass each worker its share
         in one packet: a burst of connects costs one ``sendmsg`` per worker, not per
-        connection."""
-        if self.waiting:
+        connection. Not ``holding``: any worker of ``live``, room or not."""
+        if self.waiting and holding:
             self._wait(batch)
             return
         shares: dict[int, tuple[list[Target], list[Accepted]]] = {}
         assigned: dict[int, int] = {}  # so the choices within a batch see each other
         for item in batch:
-            order = self.choice.order(live, assigned)
+            order = self.choice.order(live, assigned, holding=holding)
             if not order:
                 self._wait(batch[batch.index(item):])
                 break
@@ -301,7 +316,7 @@ class Dispatcher:
             self._accept_more(True)
 
     def _accept_more(self, on: bool) -> None:
-        if on == self.accepting:
+        if on == self.accepting or not self.accepts:
             return
         self.accepting = on
         if on:

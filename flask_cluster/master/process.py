@@ -73,7 +73,7 @@ class Master:
         self.signals = SignalQueue()
         self._next_housekeeping = 0.0
         self._reap_due = False  # SIGCHLD came: reap on this pass
-        self.dispatcher: Dispatcher | None = None  # round-robin and least-busy only
+        self.dispatcher: Dispatcher | None = None  # made in run(), with the listener
         self.spawner: Spawner | None = None
         self.channels = WorkerChannels(  # a worker far behind on its messages is hung
             self.selector, self._on_message,
@@ -119,13 +119,13 @@ class Master:
         self.signals.install(self.selector)
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                listener, self.pid, self.run_worker)
-        if self._master_accepts:
-            self.dispatcher = Dispatcher(listener, self.selector, config.balance,
-                                         lambda: self.health.responsive_first(self._live), self._lost,
-                                         serving_blocks=config.threads == 1,
-                                         queue_depth=config.queue_depth,
-                                         on_holding=self._holding)
-            self.dispatcher.start()
+        self.dispatcher = Dispatcher(listener, self.selector, config.balance,
+                                     lambda: self.health.responsive_first(self._live), self._lost,
+                                     serving_blocks=config.threads == 1,
+                                     queue_depth=config.queue_depth,
+                                     on_holding=self._holding,
+                                     accepts=config.balance in ("round-robin", "least-busy"))
+        self.dispatcher.start()
         target = self.roster.target
         self.scoreboard.worker_count = target
         self._perform(self.roster.start(time.monotonic()))
@@ -148,10 +148,6 @@ class Master:
         self.broker = open_relay(deliver, self.config, self.app_name, self.selector, on_full,
                                  lambda: [handle.worker_id for handle in self._live])
         return self.broker
-
-    @property
-    def _master_accepts(self) -> bool:
-        return self.config.balance in ("round-robin", "least-busy")
 
     def _loop_once(self) -> None:
         timeout = self._next_timeout()

@@ -35,7 +35,6 @@ class Spawner:
         self.scoreboard = scoreboard
         self.listener = listener
         self.master_pid = master_pid
-        self.hands_off = config.balance in ("round-robin", "least-busy")
 
     def spawn(self, worker_id: int, others: Iterable[WorkerHandle],
               close: list[socket.socket | None], shed: list[Callable[[], object]]) -> WorkerHandle:
@@ -44,14 +43,13 @@ class Spawner:
         config, listener = self.config, self.listener
         slot = self.scoreboard.free_slot({handle.slot for handle in others})
         self.scoreboard.reset(slot, 0)
+        # Every mode has a hand-off channel: with shared and reuseport it carries only what
+        # comes back (kept-alive connections moved between workers).
         master_msg, worker_msg, master_fd, worker_fd = ipc.channel_pairs()
-        if not self.hands_off:
-            master_fd.close()
-            worker_fd.close()
         shared = config.balance == "shared"
         sockets = WorkerSockets(
             messages=worker_msg,
-            handoff=worker_fd if self.hands_off else None,
+            handoff=worker_fd,
             listener=listener if shared else None,
             reuseport=(listener.getsockname(), listener.family)
             if config.balance == "reuseport" else None,
@@ -65,11 +63,10 @@ class Spawner:
         pid = fork_worker(lambda: self.run_worker(spec), close, shed)
         worker_msg.close()
         self.scoreboard.set(slot, 0, pid)
-        handle = WorkerHandle(worker_id, slot, pid, ipc.MessageChannel(master_msg),
-                              master_fd if self.hands_off else None, self.scoreboard)
-        if self.hands_off:
-            # Our copy of the worker's end: what it never took can be taken back once it is dead.
-            handle.reclaim = worker_fd
+        handle = WorkerHandle(worker_id, slot, pid, ipc.MessageChannel(master_msg), master_fd,
+                              self.scoreboard)
+        # Our copy of the worker's end: what it never took can be taken back once it is dead.
+        handle.reclaim = worker_fd
         return handle
 
     def _server_address(self) -> tuple[str, str]:

@@ -183,10 +183,14 @@ class Worker:
             self.unserved = Unserved(sockets.handoff,
                                      lambda: self.scoreboard.get(self.slot, HEARTBEAT_MS))
             if config.threads == 1:  # the app on the loop: a request can hold it
-                self.unserved.watch()
+                if sockets.listener is None and sockets.reuseport is None:
+                    # The master passes every connection. Where we accept ourselves the
+                    # channel carries only moved kept-alive ones: no thread for them (a
+                    # killed worker with a second thread closes its own listener later).
+                    self.unserved.watch()
                 spread = Spread(engine, HandBack(engine, sockets.handoff), self.scoreboard,
                                 self.slot)
-        elif sockets.listener is not None:
+        if sockets.listener is not None:
             engine.accept_from(sockets.listener, shared=True)
         elif sockets.reuseport is not None:
             sockets.listener = reuseport_listener(*sockets.reuseport)
@@ -195,7 +199,7 @@ class Worker:
         engine.add_reader(self._signals.reader, self._on_signal)
         # Last: the cap leaves out what is open by now.
         self.fd_budget = FdBudget(engine, config.threads, config.max_connections)
-        if sockets.handoff is None:  # accepting itself: it sheds as it accepts
+        if sockets.listener is not None:  # accepting itself: it sheds as it accepts
             engine.on_connection = self.fd_budget.shedding(on_connection)
         return engine
 

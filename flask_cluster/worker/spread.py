@@ -8,23 +8,29 @@ worker hands its *other* idle kept-alive connections back to the master
 and goes with the descriptor), and the master passes them to a free worker. The connection
 of the slow request stays, so its next slow request holds up no one else.
 
-Only while another worker has been free for :data:`FREE_FOR_MS` (its in-flight count 0 since
-then, on the scoreboard): under an even load, where every worker is always busy, nothing
-moves back and forth. Costs a clock read at each request's start and end; the rest only after
-a slow request.
+Only while another worker is a better home for them: one that has been free for
+:data:`FREE_FOR_MS` (its in-flight count 0 since then, on the scoreboard), or one that has run
+no slow request for :data:`QUICK_FOR_MS` (it serves only quick ones, so a request moved there
+waits at most for a few of those). Waiting for an idle worker alone left them where they were
+whenever the others were busy with quick requests: with 4 clients on a fast route and 1 on a
+7 ms route over 2 workers, the fast clients that shared the slow client's worker waited out
+every slow request, and the fast p99 was 2.4x gunicorn sync's (benchmarks/RESULTS.md). Under a
+load where every worker runs slow requests, nothing moves back and forth. Costs a clock read
+at each request's start and end; the rest only after a slow request.
 """
 
 from __future__ import annotations
 
 import time
 
-from ..scoreboard import FREE_SINCE_MS, HEARTBEAT_MS, IN_FLIGHT, PID, Scoreboard
+from ..scoreboard import FREE_SINCE_MS, HEARTBEAT_MS, IN_FLIGHT, PID, SLOW_MS, Scoreboard
 from .connection import Connection
 from .engine import Engine
 from .migration import HandBack, movable
 
 SLOW = 0.005  # seconds a request held the loop: the app's time, far beyond the server's own
 FREE_FOR_MS = 2  # another worker idle this long is waiting for work, not between two requests
+QUICK_FOR_MS = 250  # another worker with no slow request this long serves quick ones only
 BEATING_MS = 2000  # a heartbeat younger than this: the worker is alive (it beats every 0.5 s)
 
 
@@ -45,8 +51,12 @@ class Spread:
         """On the loop thread, inside the request's end: the connection that ran it is not
         idle yet, so the idle ones now are exactly the others."""
         now = time.monotonic()
-        self.scoreboard.set(self.slot, FREE_SINCE_MS, int(now * 1000))
-        if now - self.started < SLOW or self.waiting or self.engine.stopping:
+        now_ms = int(now * 1000)
+        self.scoreboard.set(self.slot, FREE_SINCE_MS, now_ms)
+        if now - self.started < SLOW:
+            return
+        self.scoreboard.set(self.slot, SLOW_MS, now_ms)
+        if self.waiting or self.engine.stopping:
             return
         self.waiting = [conn for conn in self.engine.connections
                         if conn.idle and conn.request_started and movable(conn)]
@@ -56,20 +66,22 @@ class Spread:
     def _after_events(self) -> None:
         self.engine.idle_callbacks.remove(self._after_events)
         waiting, self.waiting = self.waiting, []
-        if self.engine.stopping or not self._another_is_free():
+        if self.engine.stopping or not self._another_is_better():
             return
         movable_now = [conn for conn in waiting
                        if conn.idle and movable(conn) and conn not in self.engine.moving]
         self.hand_back.hand_back(movable_now)  # what the channel does not take stays here
 
-    def _another_is_free(self) -> bool:
+    def _another_is_better(self) -> bool:
         board = self.scoreboard
         now = int(time.monotonic() * 1000)
         for slot in range(board.slots):
-            if slot == self.slot or not board.get(slot, PID):
+            if slot == self.slot or not board.get(slot, PID) \
+                    or now - board.get(slot, HEARTBEAT_MS) >= BEATING_MS:
                 continue
-            if board.get(slot, IN_FLIGHT) == 0 \
-                    and now - board.get(slot, HEARTBEAT_MS) < BEATING_MS \
-                    and now - board.get(slot, FREE_SINCE_MS) >= FREE_FOR_MS:
-                return True
+            free_since = board.get(slot, FREE_SINCE_MS)
+            if board.get(slot, IN_FLIGHT) == 0 and now - free_since >= FREE_FOR_MS:
+                return True  # idle, waiting for work
+            if now - board.get(slot, SLOW_MS) >= QUICK_FOR_MS and now - free_since < SLOW * 1000:
+                return True  # busy with quick requests only (and not stuck in a long one)
         return False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -65,3 +66,47 @@ def test_kept_alive_connections_move_off_a_worker_whose_request_was_slow(
         assert other.sock is sock  # the same connection, never closed
     free = [pid for pid in cluster.worker_pids() if pid != slow_pid]
     assert [moved, again] == free * 2
+
+
+@pytest.mark.parametrize("balance", ["round-robin", "shared"])
+def test_kept_alive_connections_move_to_a_worker_busy_with_quick_requests(
+        start_cluster: StartCluster, balance: str) -> None:
+    """The other worker is never idle (a client keeps it busy with quick requests), but it runs
+    no slow ones: a better home than behind the next slow request all the same. Waiting for an
+    idle worker left the connection behind every slow request (worker/spread.py)."""
+    cluster = start_cluster("tests.apps.basic", "--balance", balance, workers=2)
+    with contextlib.ExitStack() as stack:
+        by_worker: dict[int, list] = {}
+        for _ in range(100):  # shared: the kernel chooses, so open until both have enough
+            if len(by_worker) == 2 and max(len(conns) for conns in by_worker.values()) >= 2:
+                break
+            conn = stack.enter_context(contextlib.closing(cluster.connection()))
+            by_worker.setdefault(read_reply(conn, "GET", "/worker").json()["pid"], []).append(conn)
+        [(slow_pid, (slow, other, *_))] = [(pid, conns) for pid, conns in by_worker.items()
+                                           if len(conns) >= 2][:1]
+        [(quick_pid, (hammer, *_))] = [(pid, conns) for pid, conns in by_worker.items()
+                                       if pid != slow_pid]
+        stop = threading.Event()
+
+        def keep_busy() -> int:
+            served = 0
+            while not stop.is_set():
+                assert read_reply(hammer, "GET", "/worker").json()["pid"] == quick_pid
+                served += 1
+            return served
+
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(keep_busy)
+            try:
+                slow.request("GET", "/sleep/0.3")
+                wait_until(lambda: len(_sleeping_pids(cluster.log())) == 1, 10,
+                           message="the slow one")
+                other.request("GET", "/worker")  # waits in the kernel behind the slow request
+                assert json.loads(slow.getresponse().read())["pid"] == slow_pid
+                json.loads(other.getresponse().read())
+                moved = read_reply(other, "GET", "/worker").json()["pid"]
+            finally:
+                stop.set()
+            assert busy.result() > 0
+
+    assert moved == quick_pid

@@ -54,12 +54,15 @@ def wait_gone(pids: set[int], timeout: float = 20.0) -> None:
                message=f"workers {sorted(pids)} to exit")
 
 
-@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize(("threads", "balance"),
+                         [(1, "round-robin"), (4, "round-robin"), (1, "shared"), (4, "reuseport")])
 def test_keep_alive_connections_survive_three_rolling_reloads(
-        start_cluster: StartCluster, tmp_path: Path, threads: int) -> None:
+        start_cluster: StartCluster, tmp_path: Path, threads: int, balance: str) -> None:
+    """In every balance mode: where the workers accept themselves (shared, reuseport), the
+    master still takes the connections back and passes them on."""
     sock = tmp_path / "ctl"
     cluster = start_cluster(OPS, "--control-socket", str(sock), "--threads", str(threads),
-                            workers=2)
+                            "--balance", balance, workers=2)
     with keep_alive_load(cluster) as load:
         load.wait_for_more(100)
         for reload in (1, 2, 3):
@@ -72,7 +75,7 @@ def test_keep_alive_connections_survive_three_rolling_reloads(
             wait_settled(sock, 2)
             wait_gone(old)
             load.wait_for_more(50)
-    report(f"threads={threads} 3 reloads", load)
+    report(f"threads={threads} {balance} 3 reloads", load)
 
     assert_nothing_failed(load)
     assert cluster.log().count("kept-alive connection(s) to the other workers") >= 6
