@@ -9,17 +9,17 @@ p99 latency of the fast requests. Two connection kinds:
 * ``keep-alive``: each client keeps its connection (gunicorn's sync worker closes every one, so
   its clients reconnect each time, as its users' do).
 
-Variants (``--variants``): ``rr-before`` and ``lb-before`` are round-robin and least-busy as
-they were before holding (``--queue-depth`` large enough never to hold), ``rr-hold`` and
-``lb-hold`` hold a connection in the master while no worker is free (``--queue-depth 0``),
-``rr-depth1`` lets one connection wait behind each busy worker, ``shared`` is the shared accept
-socket, ``gunicorn-sync`` the reference. ``rev-rr`` and ``rev-lb`` run round-robin and
-least-busy from the revision given with ``--revision`` (checked out with ``git worktree``), to
-compare with code that is gone. Every round runs every variant (the order reversed every other
-round), and the report gives each variant's fast p99 over gunicorn sync's in the same round,
-the ratio a loaded machine leaves standing.
+Variants (``--variants``): ``rr-depth1`` and ``lb-depth1`` are round-robin and least-busy with
+the default ``--queue-depth 1`` (one connection may wait behind a request younger than 1 ms),
+``rr-hold`` and ``lb-hold`` hold every connection in the master while no worker is free
+(``--queue-depth 0``), ``shared`` is the shared accept socket, ``gunicorn-sync`` the
+reference. ``rev-rr`` and ``rev-lb`` run round-robin and least-busy from the revision given
+with ``--revision`` (checked out with ``git worktree``), to compare with code that is gone.
+Every round runs every variant (the order reversed every other round), and the report gives
+each variant's fast p99 over gunicorn sync's in the same round, the ratio a loaded machine
+leaves standing.
 
-    python -m benchmarks.mixed_load --variants rr-before,rr-hold,lb-hold,gunicorn-sync --rounds 3
+    python -m benchmarks.mixed_load --variants rr-depth1,rr-hold,shared,gunicorn-sync --rounds 3
     python -m benchmarks.mixed_load --variants rev-rr,rr-hold,gunicorn-sync --revision main
 """
 
@@ -50,7 +50,6 @@ FAST_CLIENTS = 4
 SLOW_CLIENTS = 1
 FAST_PATH = "/"
 SLOW_PATH = "/cpu7"
-NEVER_HOLDS = 100_000  # a --queue-depth no worker reaches: the behaviour before holding
 KINDS = ("close", "keep-alive")
 
 
@@ -69,10 +68,9 @@ def _gunicorn_sync(target: str, port: str) -> list[str]:
 
 
 VARIANTS: dict[str, ServerSpec] = {spec.name: spec for spec in (
-    _cluster("rr-before", "round-robin", "--queue-depth", str(NEVER_HOLDS)),
-    _cluster("rr-hold", "round-robin", "--queue-depth", "0"),
     _cluster("rr-depth1", "round-robin", "--queue-depth", "1"),
-    _cluster("lb-before", "least-busy", "--queue-depth", str(NEVER_HOLDS)),
+    _cluster("rr-hold", "round-robin", "--queue-depth", "0"),
+    _cluster("lb-depth1", "least-busy", "--queue-depth", "1"),
     _cluster("lb-hold", "least-busy", "--queue-depth", "0"),
     _cluster("shared", "shared"),
     _cluster("rev-rr", "round-robin"),
@@ -238,7 +236,7 @@ def table(results: dict[str, Any], variants: list[str], kinds: list[str]) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="rr-before,rr-hold,lb-hold,gunicorn-sync")
+    parser.add_argument("--variants", default="rr-depth1,rr-hold,shared,gunicorn-sync")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)

@@ -170,9 +170,9 @@ class Config:
         100000, "Broadcasts the broker keeps (MAXLEN ~): a host away for longer misses the "
         "oldest and logs how many.", type=click.IntRange(100))
     queue_depth: int = setting(
-        0, "With --threads 1 (round-robin, least-busy): connections passed to a worker that is "
-        "serving while none is free; the master holds the rest until one is (0: only ever to a "
-        "free worker).", type=click.IntRange(0))
+        1, "With --threads 1 (round-robin, least-busy): connections passed to a worker whose "
+        "request started less than 1 ms ago while none is free; the master holds the rest until "
+        "one is (0: only ever to a free worker).", type=click.IntRange(0))
     metrics: str | None = setting(
         None, "HOST:PORT where the master serves Prometheus /metrics: the server's counters and "
         "the app's prometheus_client metrics summed over workers (needs flask-cluster[metrics]).",

@@ -15,14 +15,16 @@ from collections.abc import Collection
 from .request_counters import COUNTER_WORDS
 
 FIELDS = ("pid", "heartbeat_ms", "requests", "in_flight", "started_ms", "rss_kib", "received",
-          "connections", "hand_back", "free_since_ms", "slow_ms")
+          "connections", "hand_back", "free_since_ms", "slow_ms", "request_started_us")
 PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIONS, HAND_BACK, \
-    FREE_SINCE_MS, SLOW_MS = range(len(FIELDS))
+    FREE_SINCE_MS, SLOW_MS, REQUEST_STARTED_US = range(len(FIELDS))
 # HAND_BACK is the master's to write: set before it retires the worker on purpose (a reload, a
 # renewal, a scale down), so the worker hands its kept-alive connections back instead of
 # closing them (worker/migration.py). Written before the SIGTERM, so the worker sees it.
 # FREE_SINCE_MS: when the worker's last request ended; SLOW_MS: when it last ended one that held
-# its loop for worker/spread.py's SLOW (spread.py reads the others').
+# its loop for worker/spread.py's SLOW (spread.py reads the others'). REQUEST_STARTED_US: when
+# its current request started, in microseconds of the monotonic clock (--threads 1; the
+# master's choice reads it, master/choice.py).
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for

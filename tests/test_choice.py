@@ -57,6 +57,16 @@ def test_queue_depth_lets_that_many_wait_behind_a_request() -> None:
     assert choice.order([Worker(0, serving=1, passed=1)]) == []
 
 
+def test_nothing_waits_behind_a_request_that_has_run_a_millisecond() -> None:
+    # It may run for seconds: the connection waits here for whichever worker frees first.
+    choice = Choice("round-robin", serving_blocks=True, queue_depth=1)
+
+    assert ids(choice.order([Worker(0, serving=1, serving_for=0.0002)])) == [0]
+    assert choice.order([Worker(0, serving=1, serving_for=0.002)]) == []
+    assert ids(choice.order([Worker(0, serving=1, serving_for=8.0),
+                             Worker(1, serving=1, serving_for=0.0001)])) == [1]
+
+
 def test_a_stopping_cluster_passes_held_connections_to_busy_workers() -> None:
     busy = Worker(0, serving=1)
     choice = Choice("least-busy", serving_blocks=True, queue_depth=0)

@@ -31,6 +31,7 @@ class Worker:
     received: list[socket.socket] = field(default_factory=list)
     connections: int = 0
     passed: int = 0
+    serving_for: float = 0.0  # seconds its request has run
 
     @property
     def untaken(self) -> int:

@@ -7,9 +7,15 @@ its turn whatever the kernel's wake-up order (shared accept piles bursts onto on
 With ``--threads 1`` a worker serving a request cannot start another, so a connection passed to
 it waits for that request to end, however long it runs, while another worker may be idle. The
 :class:`Choice` therefore offers a connection only to a worker with room: serving no request, or
-fewer than ``--queue-depth`` connections waiting behind its request. When no worker has room
-the master holds the connection (and leaves the rest in the kernel's backlog) until a worker
-says it is free (``wire.Free``), as gunicorn's sync workers accept only when free.
+serving one younger than :data:`YOUNG` with fewer than ``--queue-depth`` connections waiting
+behind it. When no worker has room the master holds the connection (and leaves the rest in the
+kernel's backlog) until a worker says it is free (``wire.Free``), as gunicorn's sync workers
+accept only when free.
+
+Why young requests only: a connection queued behind a request is there when the request ends,
+with no round trip through the master (holding every connection cost saturated ``Connection:
+close`` throughput 6-17 %); a request that has run for a millisecond is one that may run for
+seconds, and nothing more is queued behind it (benchmarks/RESULTS.md, docs/http.rst).
 """
 
 from __future__ import annotations
@@ -41,12 +47,18 @@ class Target(Protocol):
         """Connections passed to it that it has not taken off its hand-off channel yet."""
         ...
 
+    @property
+    def serving_for(self) -> float:
+        """Seconds its current request has run (0.0 while it serves none)."""
+        ...
+
     def handed(self, count: int) -> None:
         """``count`` connections were just passed to it."""
         ...
 
 
 NONE_ASSIGNED: Mapping[int, int] = MappingProxyType({})
+YOUNG = 0.001  # seconds: a request this young is likely a quick one; an older one may be slow
 
 
 def behind(target: Target, serving_blocks: bool) -> bool:
@@ -121,10 +133,10 @@ class Choice:
     """The workers that may take the next connection now, in the order to try them.
 
     ``queue_depth`` applies with ``serving_blocks`` only (``--threads 1``): a worker serving a
-    request may be given a connection while at most ``queue_depth`` requests and connections
-    are in flight on it, counting what this batch already gave it. None: any ready worker,
-    busy or not (the behaviour before holding, and the one for threaded workers, which serve
-    several at once).
+    request younger than :data:`YOUNG` may be given a connection while at most
+    ``queue_depth`` requests and connections are in flight on it, counting what this batch
+    already gave it. None: any ready worker, busy or not (threaded workers serve several at
+    once).
 
     A worker serving no request always has room: connections passed to it (in this batch, or
     earlier and not yet taken) count only in the turns, so a burst spreads over the free
@@ -146,5 +158,6 @@ class Choice:
         if depth is not None and holding:
             ready = [target for target in ready
                      if target.in_flight == target.untaken  # serving no request
-                     or target.in_flight + assigned.get(target.worker_id, 0) <= depth]
+                     or (target.in_flight + assigned.get(target.worker_id, 0) <= depth
+                         and target.serving_for < YOUNG)]
         return self.turns.order(ready, assigned)

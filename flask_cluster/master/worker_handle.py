@@ -4,11 +4,12 @@ its supervision state is in :mod:`.roster`)."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .. import ipc
-from ..scoreboard import CONNECTIONS, IN_FLIGHT, RECEIVED, Scoreboard
+from ..scoreboard import CONNECTIONS, IN_FLIGHT, RECEIVED, REQUEST_STARTED_US, Scoreboard
 
 
 class WorkerHandle:
@@ -39,6 +40,14 @@ class WorkerHandle:
     def in_flight(self) -> int:
         """Requests in progress, plus connections passed to it that it has not taken yet."""
         return self.scoreboard.get(self.slot, IN_FLIGHT) + self.untaken
+
+    @property
+    def serving_for(self) -> float:
+        """Seconds its current request has run (``--threads 1``); 0.0 while it serves none."""
+        if not self.scoreboard.get(self.slot, IN_FLIGHT):
+            return 0.0
+        started_us = self.scoreboard.get(self.slot, REQUEST_STARTED_US)
+        return max(0.0, time.monotonic() - started_us / 1e6)
 
     @property
     def connections(self) -> int:

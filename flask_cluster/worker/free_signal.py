@@ -10,10 +10,11 @@ nothing this costs one read of shared memory per request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from .. import ipc, wire
-from ..scoreboard import HOLDING
+from ..scoreboard import HOLDING, IN_FLIGHT, REQUEST_STARTED_US
 
 FREE = wire.encode(wire.Free())
 
@@ -23,7 +24,13 @@ class FreeSignal:
                  send: Callable[[bytes], None]) -> None:
         self.words = words
         self.in_flight_index = in_flight_index
+        self.started_index = in_flight_index - IN_FLIGHT + REQUEST_STARTED_US
         self.send = send
+
+    def request_started(self) -> None:
+        """When the request began, for the master: it queues a connection behind a request
+        only while that request is young (master/choice.py)."""
+        self.words[self.started_index] = time.monotonic_ns() // 1000
 
     def request_ended(self) -> None:
         """After the in-flight count went down (on the loop thread)."""
