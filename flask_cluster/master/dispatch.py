@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from .. import ipc
 from ..listeners import accept_batch
-from .choice import Choice, Target, behind
+from .choice import Choice, LeastBusy, Target, behind
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -94,6 +94,9 @@ class Dispatcher:
         self.selector = selector
         self.serving_blocks = serving_blocks  # --threads 1: a worker serving takes nothing
         self.choice = Choice(balance, serving_blocks, queue_depth)
+        # Kept-alive connections that move between workers go to the least busy, then the one
+        # with the fewest open: they are moved to even out the load, in every balance mode.
+        self.moved = LeastBusy()
         # Told how many connections wait here whenever that changes: the workers read it on
         # the scoreboard, and while it is not 0 each says wire.Free the moment it is free.
         self.on_holding = on_holding
@@ -239,14 +242,15 @@ class Dispatcher:
                   holding: bool = True) -> None:
         """Choose a worker among ``live`` for each connection, then pass each worker its share
         in one packet: a burst of connects costs one ``sendmsg`` per worker, not per
-        connection. Not ``holding``: any worker of ``live``, room or not."""
+        connection. Not ``holding`` (kept-alive connections moving): any worker of ``live``,
+        room or not, the least busy first."""
         if self.waiting and holding:
             self._wait(batch)
             return
         shares: dict[int, tuple[list[Target], list[Accepted]]] = {}
         assigned: dict[int, int] = {}  # so the choices within a batch see each other
         for item in batch:
-            order = self.choice.order(live, assigned, holding=holding)
+            order = self.choice.order(live, assigned) if holding else self.moved.order(live, assigned)
             if not order:
                 self._wait(batch[batch.index(item):])
                 break

@@ -35,7 +35,7 @@ log = logging.getLogger("flask_cluster.worker")
 TICK = 0.5  # seconds between housekeeping passes (heartbeat, keep-alive sweep)
 ACCEPT_BATCH = 32  # connections taken per wake-up from a listener of our own (reuseport)
 NODELAY_INHERITED = sys.platform.startswith("linux")  # accepted sockets copy the listener's
-Reader = Callable[[], None]
+Reader = Callable[[], object]  # what it returns is ignored
 Start = Callable[[AppHost, Connection, Request, dict[str, Any]], None]
 
 
@@ -74,6 +74,8 @@ class Engine:
         self.on_stop_asked: Callable[[], None] = lambda: None
         self.tick_callbacks: list[Callable[[float], None]] = []
         self.idle_callbacks: list[Callable[[], None]] = []  # after every batch of events
+        # Given each connection accepted here first; True: it went elsewhere (even_spread.py).
+        self.divert: Callable[[socket.socket, Any], bool] | None = None
         # Busy connections that go back to the master once their response is done
         # (migration.py): never closed here for stopping.
         self.moving: set[Connection] = set()
@@ -104,7 +106,8 @@ class Engine:
         batch = 1 if shared else ACCEPT_BATCH
 
         def take(sock: socket.socket, address: Any) -> bool:
-            self.add_connection(sock, peer_of(address))
+            if self.divert is None or not self.divert(sock, address):
+                self.add_connection(sock, peer_of(address))
             return self.accepting
 
         def accept() -> None:

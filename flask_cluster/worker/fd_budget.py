@@ -69,7 +69,7 @@ class FdBudget:
         self.reserve = reserve_for(self.limit, threads)
         self.max_connections = max_connections
         self.cap = sys.maxsize  # no descriptor limit
-        self.held: tuple[Any, Callable[[], None]] | None = None  # a reader waiting for room
+        self.held: tuple[Any, Callable[[], object]] | None = None  # a reader waiting for room
         self._warned = {"shed": 0.0, "dropped": 0.0}
         self._since_warned = {"shed": 0, "dropped": 0}
         self.accepts = False  # accepts on a listener itself (shared, reuseport)
@@ -147,7 +147,7 @@ class FdBudget:
 
     # -- a hand-off channel waiting for room ------------------------------------------------
 
-    def hold(self, fileobj: Any, reader: Callable[[], None]) -> None:
+    def hold(self, fileobj: Any, reader: Callable[[], object]) -> None:
         """Stop reading ``fileobj`` until the next tick."""
         self.engine.remove_reader(fileobj)
         self.held = (fileobj, reader)

@@ -40,6 +40,7 @@ from ..wakeup import Wakeup
 from .access_log import AccessLog
 from .app_metrics import use_multiprocess_values
 from .engine import Engine
+from .even_spread import EvenSpread
 from .fd_budget import FdBudget
 from .free_signal import FreeSignal
 from .memory import ResidentMemory
@@ -180,7 +181,7 @@ class Worker:
         engine.on_stop_asked = lambda: self._stop(self.config.graceful_timeout)
         sockets = self.sockets
         if sockets.handoff is not None:
-            engine.add_reader(sockets.handoff, self._receive_connections)
+            engine.add_reader(sockets.handoff, self._take_connections)
             self.unserved = Unserved(sockets.handoff,
                                      lambda: self.scoreboard.get(self.slot, HEARTBEAT_MS))
             if config.threads == 1:  # the app on the loop: a request can hold it
@@ -196,6 +197,8 @@ class Worker:
         elif sockets.reuseport is not None:
             sockets.listener = reuseport_listener(*sockets.reuseport)
             engine.accept_from(sockets.listener)
+        if sockets.listener is not None and spread is not None:
+            engine.divert = EvenSpread(spread.hand_back, self.scoreboard, self.slot).divert
         assert self._signals is not None
         engine.add_reader(self._signals.reader, self._on_signal)
         # Last: the cap leaves out what is open by now.
@@ -203,9 +206,6 @@ class Worker:
         if sockets.listener is not None:  # accepting itself: it sheds as it accepts
             engine.on_connection = self.fd_budget.shedding(on_connection)
         return engine
-
-    def _receive_connections(self) -> None:
-        self._take_connections()
 
     def _take_connections(self) -> bool:
         """Take up to a batch of passed connections; True when some were taken."""
@@ -220,7 +220,7 @@ class Worker:
             packets = 1
             count = ipc.peek_passed(handoff)
             if not budget.make_room(count) and count <= budget.cap:
-                budget.hold(handoff, self._receive_connections)
+                budget.hold(handoff, self._take_connections)
                 return False
         try:
             connections = ipc.receive_connections(handoff, packets, self.sockets.family,
