@@ -1,11 +1,13 @@
 """Telling the master "free" the moment it is true, while it holds connections for a worker.
 
 With ``--threads 1`` the master passes a connection only to a worker with room (nothing in
-flight, ``master/choice.py``); when none has, it holds the connection and writes how many it
-holds in the scoreboard's HOLDING word. While that word is not 0, a worker whose last request in
-flight just ended says :class:`~flask_cluster.wire.Free` on its message channel, so the held
-connection goes out at once instead of at the master's next retry. While the master holds
-nothing this costs one read of shared memory per request.
+flight, or a young request with room behind it: ``master/choice.py``); when none has, it holds
+the connection and writes how many it holds in the scoreboard's HOLDING word. While that word
+is not 0, a worker whose last request in flight just ended says
+:class:`~flask_cluster.wire.Free` on its message channel, so the held connection goes out at
+once instead of at the master's next retry. While the master holds nothing this costs one read
+of shared memory per request, and one write: when each request started, for the master to
+judge its age.
 """
 
 from __future__ import annotations
