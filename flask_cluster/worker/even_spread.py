@@ -17,16 +17,15 @@ import time
 from typing import Any
 
 from .. import ipc
-from ..scoreboard import CONNECTIONS, HEARTBEAT_MS, PID, Scoreboard
-from .migration import HandBack
-from .spread import BEATING_MS
+from ..scoreboard import CONNECTIONS, Scoreboard
+from .spread import others_beating
 
 AHEAD = 2  # open connections more than another worker's before new ones go elsewhere
 
 
 class EvenSpread:
-    def __init__(self, hand_back: HandBack, scoreboard: Scoreboard, slot: int) -> None:
-        self.hand_back = hand_back
+    def __init__(self, channel: socket.socket, scoreboard: Scoreboard, slot: int) -> None:
+        self.channel = channel  # our end of the hand-off channel
         self.scoreboard = scoreboard
         self.slot = slot
 
@@ -37,13 +36,12 @@ class EvenSpread:
         if mine < AHEAD:
             return False
         now = int(time.monotonic() * 1000)
-        fewest = min((board.get(slot, CONNECTIONS) for slot in range(board.slots)
-                      if slot != self.slot and board.get(slot, PID)
-                      and now - board.get(slot, HEARTBEAT_MS) < BEATING_MS), default=mine)
+        fewest = min((board.get(slot, CONNECTIONS)
+                      for slot in others_beating(board, self.slot, now)), default=mine)
         if mine - fewest < AHEAD:
             return False
         try:
-            sent = ipc.send_connections(self.hand_back.channel, [sock.fileno()],
+            sent = ipc.send_connections(self.channel, [sock.fileno()],
                                         [ipc.encode_peer(address)])
         except ipc.ChannelClosed:
             return False  # the master is gone: serve it here

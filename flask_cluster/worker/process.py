@@ -198,7 +198,7 @@ class Worker:
             sockets.listener = reuseport_listener(*sockets.reuseport)
             engine.accept_from(sockets.listener)
         if sockets.listener is not None and spread is not None:
-            engine.divert = EvenSpread(spread.hand_back, self.scoreboard, self.slot).divert
+            engine.divert = EvenSpread(spread.hand_back.channel, self.scoreboard, self.slot).divert
         assert self._signals is not None
         engine.add_reader(self._signals.reader, self._on_signal)
         # Last: the cap leaves out what is open by now.

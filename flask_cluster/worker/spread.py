@@ -22,6 +22,7 @@ at each request's start and end; the rest only after a slow request.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from ..scoreboard import FREE_SINCE_MS, HEARTBEAT_MS, IN_FLIGHT, PID, SLOW_MS, Scoreboard
 from .connection import Connection
@@ -32,6 +33,14 @@ SLOW = 0.005  # seconds a request held the loop: the app's time, far beyond the 
 FREE_FOR_MS = 2  # another worker idle this long is waiting for work, not between two requests
 QUICK_FOR_MS = 250  # another worker with no slow request this long serves quick ones only
 BEATING_MS = 2000  # a heartbeat younger than this: the worker is alive (it beats every 0.5 s)
+
+
+def others_beating(board: Scoreboard, slot: int, now_ms: int) -> Iterator[int]:
+    """The slots of the other workers that are alive (a heartbeat within BEATING_MS)."""
+    for other in range(board.slots):
+        if other != slot and board.get(other, PID) \
+                and now_ms - board.get(other, HEARTBEAT_MS) < BEATING_MS:
+            yield other
 
 
 class Spread:
@@ -75,10 +84,7 @@ class Spread:
     def _another_is_better(self) -> bool:
         board = self.scoreboard
         now = int(time.monotonic() * 1000)
-        for slot in range(board.slots):
-            if slot == self.slot or not board.get(slot, PID) \
-                    or now - board.get(slot, HEARTBEAT_MS) >= BEATING_MS:
-                continue
+        for slot in others_beating(board, self.slot, now):
             free_since = board.get(slot, FREE_SINCE_MS)
             if board.get(slot, IN_FLIGHT) == 0 and now - free_since >= FREE_FOR_MS:
                 return True  # idle, waiting for work
