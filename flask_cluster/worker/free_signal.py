@@ -6,17 +6,15 @@ the connection and writes how many it holds in the scoreboard's HOLDING word. Wh
 is not 0, a worker whose last request in flight just ended says
 :class:`~flask_cluster.wire.Free` on its message channel, so the held connection goes out at
 once instead of at the master's next retry. While the master holds nothing this costs one read
-of shared memory per request, and one write: when each request started, for the master to
-judge its age.
+of shared memory per request.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from .. import ipc, wire
-from ..scoreboard import HOLDING, IN_FLIGHT, REQUEST_STARTED_US
+from ..scoreboard import HOLDING
 
 FREE = wire.encode(wire.Free())
 
@@ -26,13 +24,7 @@ class FreeSignal:
                  send: Callable[[bytes], None]) -> None:
         self.words = words
         self.in_flight_index = in_flight_index
-        self.started_index = in_flight_index - IN_FLIGHT + REQUEST_STARTED_US
         self.send = send
-
-    def request_started(self) -> None:
-        """When the request began, for the master: it queues a connection behind a request
-        only while that request is young (master/choice.py)."""
-        self.words[self.started_index] = time.monotonic_ns() // 1000
 
     def request_ended(self) -> None:
         """After the in-flight count went down (on the loop thread)."""

@@ -146,7 +146,6 @@ class Worker:
             words[in_flight_index] += delta
             if delta > 0:
                 words[requests_index] += 1
-                free_signal.request_started()
                 if spread is not None:
                     spread.request_started()
                 return

@@ -16,7 +16,8 @@ whenever the others were busy with quick requests: with 4 clients on a fast rout
 7 ms route over 2 workers, the fast clients that shared the slow client's worker waited out
 every slow request, and the fast p99 was 2.4x gunicorn sync's (benchmarks/RESULTS.md). Under a
 load where every worker runs slow requests, nothing moves back and forth. Costs a clock read
-at each request's start and end; the rest only after a slow request.
+and a word of shared memory at each request's start and end; the rest only after a slow
+request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from ..scoreboard import FREE_SINCE_MS, HEARTBEAT_MS, IN_FLIGHT, PID, SLOW_MS, Scoreboard
+from ..scoreboard import (
+    FREE_SINCE_MS,
+    HEARTBEAT_MS,
+    IN_FLIGHT,
+    PID,
+    REQUEST_STARTED_US,
+    SLOW_MS,
+    Scoreboard,
+)
 from .connection import Connection
 from .engine import Engine
 from .migration import HandBack, movable
@@ -54,7 +63,10 @@ class Spread:
         self.waiting: list[Connection] = []  # idle when a slow request ended
 
     def request_started(self) -> None:
+        """Also tells the master when (its choice queues a connection behind a request only
+        while that request is young, master/choice.py): one clock read serves both."""
         self.started = time.monotonic()
+        self.scoreboard.set(self.slot, REQUEST_STARTED_US, int(self.started * 1_000_000))
 
     def request_ended(self) -> None:
         """On the loop thread, inside the request's end: the connection that ran it is not
