@@ -157,7 +157,15 @@ class Choice:
         depth = self.queue_depth
         if depth is not None and holding:
             ready = [target for target in ready
-                     if target.in_flight == target.untaken  # serving no request
-                     or (target.in_flight + assigned.get(target.worker_id, 0) <= depth
-                         and target.serving_for < YOUNG)]
+                     if has_room(target, assigned.get(target.worker_id, 0), depth)]
         return self.turns.order(ready, assigned)
+
+
+def has_room(target: Target, assigned: int, depth: int) -> bool:
+    """``target`` (given ``assigned`` more in this batch) may take a connection: it serves no
+    request, or a young one with at most ``depth`` in flight. Each count is read once: this
+    runs for every worker on every connection the master places."""
+    in_flight = target.in_flight
+    if in_flight == target.untaken:  # serving no request
+        return True
+    return in_flight + assigned <= depth and target.serving_for < YOUNG
