@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import selectors
 import socket
+import time
 
 import pytest
 
 from flask_cluster.master.choice import Choice
-from flask_cluster.master.dispatch import Dispatcher
+from flask_cluster.master.dispatch import STUCK, Dispatcher
 from tests.test_dispatch import Worker, ids, listener, run_once, workers
 
 __all__ = ["listener", "workers"]  # fixtures, used by name
@@ -134,3 +135,61 @@ def test_each_free_signal_earns_the_worker_one_held_connection(listener: socket.
         finally:
             for client in clients:
                 client.close()
+
+
+def test_a_connection_stuck_behind_a_request_goes_to_a_free_worker(listener: socket.socket,
+                                                                   workers: list[Worker]) -> None:
+    # Passed behind a young request (--queue-depth 1), or to a worker that looked free and
+    # then started one: once that request has run STUCK, the master takes the connection back
+    # off the worker's channel and passes it on, with what the client sent.
+    first, second = workers[0], workers[1]
+    first.serving, second.serving = 1, 1  # both serving young requests: room behind either
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [first, second],
+                                pytest.fail, serving_blocks=True, queue_depth=1)
+        dispatcher.start()
+        client = socket.create_connection(listener.getsockname())
+        try:
+            while not (first.passed or second.passed):
+                run_once(selector, dispatcher)
+            stuck, free = (first, second) if first.passed else (second, first)
+            deadline = dispatcher.next_deadline()
+            assert deadline is not None and deadline - time.monotonic() <= STUCK
+            stuck.serving_for = 2 * STUCK  # ... and still running
+            free.serving = 0  # the other one ended its request
+
+            dispatcher.unstick()  # as the master's loop does at that deadline
+
+            moved = free.receive()
+            assert len(moved) == 1 and stuck.receive() == []
+            assert stuck.untaken == 0 and free.untaken == 0
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert moved[0].recv(100) == b"GET / HTTP/1.1\r\n\r\n"
+            dispatcher.unstick()
+            assert dispatcher.unstick_at is None  # all taken: nothing left to watch
+        finally:
+            client.close()
+
+
+def test_a_connection_behind_a_request_younger_than_stuck_stays(listener: socket.socket,
+                                                                workers: list[Worker]) -> None:
+    only, idle = workers[0], workers[1]
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [only, idle],
+                                pytest.fail, serving_blocks=True, queue_depth=1)
+        client = socket.create_connection(listener.getsockname())
+        try:
+            idle.serving = 1
+            dispatcher.on_readable(listener, selectors.EVENT_READ)
+            assert only.passed == 1
+            only.serving, only.serving_for = 1, STUCK / 4  # started its request just now
+            idle.serving = 0
+
+            dispatcher.unstick()
+
+            assert idle.receive() == [] and only.untaken == 1  # it will take it in a moment
+            deadline = dispatcher.next_deadline()
+            assert deadline is not None and deadline - time.monotonic() <= STUCK
+            assert len(only.receive()) == 1
+        finally:
+            client.close()

@@ -38,6 +38,11 @@ class Worker:
         return self.passed - len(self.received)
 
     @property
+    def reclaim(self) -> socket.socket | None:
+        """The master's copy of the worker's end (the same socket here)."""
+        return self.end
+
+    @property
     def in_flight(self) -> int:
         """Requests in progress plus connections passed and not taken, as WorkerHandle's."""
         return self.serving + self.untaken
@@ -264,8 +269,7 @@ def run_once(selector: selectors.BaseSelector, dispatcher: Dispatcher, timeout: 
         timeout = min(timeout, max(0.0, deadline - time.monotonic()))
     for key, mask in selector.select(timeout):
         key.data(key.fileobj, mask)
-    if dispatcher.paused:
-        dispatcher.retry()
+    dispatcher.tick()
 
 
 def test_dispatcher_hands_connections_out_in_turn(listener: socket.socket,

@@ -30,6 +30,7 @@ class Target(Protocol):
     """A worker as the dispatcher sees it."""
 
     handoff: socket.socket | None
+    reclaim: socket.socket | None  # the master's copy of the worker's end of ``handoff``
     worker_id: int
 
     @property

@@ -69,6 +69,12 @@ ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # that only added latency (benchmarks/RESULTS.md). 1 ms: epoll waits in whole milliseconds.
 ACCEPT_WINDOW = 0.001
 HAND_BACK_BATCH = 64  # packets read per wake-up from a worker handing connections back
+# With --threads 1, a connection passed to a worker that has not taken it this long after the
+# worker's request started is taken back and placed again (Dispatcher.unstick): passed while
+# the worker looked free (its next connection taken, its request not read yet) or behind a
+# young request (--queue-depth), it would wait out the whole request, however long, while
+# another worker idles. One epoll tick, as YOUNG (choice.py).
+STUCK = 0.001
 RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try again this soon
 
 
@@ -106,6 +112,7 @@ class Dispatcher:
         self.accepting = False
         self.stopped = False
         self.resting_until = 0.0  # monotonic time the listener rests until (ACCEPT_WINDOW)
+        self.unstick_at: float | None = None  # when to look for connections stuck (STUCK)
         self.counts: Counter[str] = Counter()  # accepted, handed_off, taken_back (--metrics)
 
     @property
@@ -118,12 +125,46 @@ class Dispatcher:
         return not self.stopped and not self.accepting
 
     def next_deadline(self) -> float | None:
-        """When :meth:`retry` has something to do; None while accepting normally."""
+        """When :meth:`tick` has something to do; None while accepting normally and no
+        connection may be stuck behind a request."""
         if not self.paused:
-            return None
+            return self.unstick_at
         if self.waiting or not self.resting_until:
-            return time.monotonic() + RETRY_AFTER
-        return self.resting_until
+            deadline = time.monotonic() + RETRY_AFTER
+        else:
+            deadline = self.resting_until
+        return deadline if self.unstick_at is None else min(deadline, self.unstick_at)
+
+    def tick(self) -> None:
+        """On each pass of the master's loop: hand off what waits (:meth:`retry`) and take
+        back what is stuck behind a request (:meth:`unstick`), when it is time."""
+        if self.paused:
+            self.retry()
+        if self.unstick_at is not None and time.monotonic() >= self.unstick_at:
+            self.unstick()
+
+    def unstick(self) -> None:
+        """Take back every connection passed to a worker that has served one request for
+        :data:`STUCK` and not taken it, and place it again: with ``--threads 1`` it would wait
+        for that request to end, while another worker may be free now or sooner. Each packet
+        is read by one side only, so what the master reads back the worker never gets."""
+        self.unstick_at = None
+        now = time.monotonic()
+        for worker in self.live():
+            if not worker.untaken or worker.reclaim is None:
+                continue
+            serving_for = worker.serving_for
+            if serving_for < STUCK:  # not yet, or serving none: it takes them next
+                self._look_again(now + STUCK - serving_for)
+                continue
+            passed = _drain(worker.reclaim)
+            if passed:
+                worker.handed(-len(passed))
+                self.came_back(worker, passed)
+
+    def _look_again(self, at: float) -> None:
+        if self.unstick_at is None or at < self.unstick_at:
+            self.unstick_at = at
 
     def start(self) -> None:
         self._accept_more(True)
@@ -274,6 +315,8 @@ class Dispatcher:
         taker = hand_off(batch, candidates, self.on_gone)
         if taker is not None:
             self.counts["handed_off"] += len(batch)
+            if self.serving_blocks:
+                self._look_again(time.monotonic() + STUCK)
         return taker
 
     def _wait(self, items: list[Accepted]) -> None:

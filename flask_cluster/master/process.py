@@ -162,8 +162,8 @@ class Master:
             self._reap()
         if self.hub.pending:
             self.hub.expire(now)
-        if self.dispatcher is not None and self.dispatcher.paused:
-            self.dispatcher.retry()
+        if self.dispatcher is not None:
+            self.dispatcher.tick()
         if now >= self._next_housekeeping:
             # Not after every wake-up: under a stream of connections the master wakes
             # thousands of times a second, and none of this needs that.
