@@ -355,6 +355,25 @@ def test_listener_does_not_rest_while_a_worker_waits_for_work(listener: socket.s
             assert listener in [key.fileobj for key in selector.get_map().values()]
 
 
+def test_listener_does_not_rest_while_workers_serve_requests_they_took(
+        listener: socket.socket, workers: list[Worker]) -> None:
+    # --threads 1: every worker serving a request is busy, but a quick request ends long before
+    # the rest would: a fast request beside a slow one waited out the rest (mixed load).
+    for worker in workers:
+        worker.serving = 1
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: workers, pytest.fail,
+                                serving_blocks=True, queue_depth=1)
+        dispatcher.start()
+        with socket.create_connection(listener.getsockname()):
+            for key, mask in selector.select(2.0):
+                key.data(key.fileobj, mask)
+
+            assert sum(len(worker.receive()) for worker in workers) == 1  # behind a young one
+            assert not dispatcher.paused
+            assert listener in [key.fileobj for key in selector.get_map().values()]
+
+
 def test_dispatcher_holds_a_connection_until_a_worker_is_ready(listener: socket.socket,
                                                                workers: list[Worker]) -> None:
     live: list[Worker] = []  # no worker ready yet

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from .. import ipc
 from ..listeners import accept_batch
-from .choice import Choice, LeastBusy, Target, behind
+from .choice import Choice, LeastBusy, Target
 
 log = logging.getLogger("flask_cluster.master")
 
@@ -62,7 +62,7 @@ def hand_off(batch: list[Accepted], candidates: list[Target],
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
 ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# While every worker is behind (has connections it has not taken), the listener rests this
+# While every worker has connections it has not taken, the listener rests this
 # long after a round of accepting: the next connections could not be served sooner anyway,
 # and one master wake-up per round instead of per connection is most of what the hand-off
 # costs under a stream of connects. Never while a worker waits for work: at low concurrency
@@ -271,9 +271,11 @@ class Dispatcher:
         self.counts["accepted"] += len(batch)
         # Every worker still has connections it has not taken: these could not be served
         # sooner anyway, so the listener may rest (never when a worker is waiting for work:
-        # that would only add latency).
+        # that would only add latency). Not merely while every worker serves a request (with
+        # --threads 1): a quick one ends long before the rest does, and a fast request beside
+        # a slow one waited out the rest (mixed load, benchmarks/RESULTS.md).
         live = self.live()
-        saturated = all(behind(target, self.serving_blocks) for target in live)
+        saturated = all(target.untaken for target in live)
         self._dispatch(batch, live)
         if saturated and self.accepting:
             self.resting_until = time.monotonic() + ACCEPT_WINDOW
