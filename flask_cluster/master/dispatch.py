@@ -62,11 +62,11 @@ def hand_off(batch: list[Accepted], candidates: list[Target],
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
 ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# While every worker has connections it has not taken, the listener rests this
-# long after a round of accepting: the next connections could not be served sooner anyway,
-# and one master wake-up per round instead of per connection is most of what the hand-off
-# costs under a stream of connects. Never while a worker waits for work: at low concurrency
-# that only added latency (benchmarks/RESULTS.md). 1 ms: epoll waits in whole milliseconds.
+# While every worker has connections it has not taken, the listener rests this long after a
+# round of accepting: the next connections could not be served sooner anyway, and one master
+# wake-up per round instead of per connection is most of what the hand-off costs under a
+# stream of connects. Never while a worker waits for work: at low concurrency that only added
+# latency (benchmarks/RESULTS.md). 1 ms: epoll waits in whole milliseconds.
 ACCEPT_WINDOW = 0.001
 HAND_BACK_BATCH = 64  # packets read per wake-up from a worker handing connections back
 # With --threads 1, a connection passed to a worker that has not taken it this long after the

@@ -6,8 +6,8 @@ places new connections). So after a request that took :data:`SLOW` seconds of CP
 or held it for :data:`HELD` seconds by the clock, a worker hands its *other* idle kept-alive
 connections back to the master (:class:`~.migration.HandBack`: what their clients sent
 meanwhile stays in the kernel's buffer and goes with the descriptor), and the master passes
-them to a free worker. The connection
-of the slow request stays, so its next slow request holds up no one else.
+them to a free worker. The connection of the slow request stays, so its next slow request
+holds up no one else.
 
 Only while another worker is a better home for them: one that has been free for
 :data:`FREE_FOR_MS` (its in-flight count 0 since then, on the scoreboard), or one that has run
@@ -71,7 +71,8 @@ class Spread:
 
     def request_started(self) -> None:
         """Also tells the master when (its choice queues a connection behind a request only
-        while that request is young, master/choice.py): one clock read serves both."""
+        while that request is young, master/choice.py): one clock read serves both. The
+        thread's CPU clock too, so that a request preempted by the scheduler is not slow."""
         self.started = time.monotonic()
         self.cpu_started = time.thread_time()
         self.scoreboard.set(self.slot, REQUEST_STARTED_US, int(self.started * 1_000_000))
