@@ -33,12 +33,12 @@ from .dispatch import Dispatcher
 from .endpoints import Endpoints, open_endpoints
 from .health import Health
 from .hub import Deliver, Hub, LocalRelay
+from .operations import Operations
 from .recent import RecentWindow
 from .roster import Roster
-from .signals import SignalQueue, meaning
+from .signals import SignalQueue
 from .source_watch import SourceWatcher
 from .spawn import Spawner, decode_status, reaped
-from .status import cluster_status
 from .worker_handle import WorkerHandle
 
 if TYPE_CHECKING:
@@ -77,16 +77,18 @@ class Master:
         self.spawner: Spawner | None = None
         self.channels = WorkerChannels(  # a worker far behind on its messages is hung
             self.selector, self._on_message,
-            lambda handle: self._perform(self.roster.hung(handle.pid, time.monotonic())))
+            lambda handle: self.perform(self.roster.hung(handle.pid, time.monotonic())))
         self.broker: RedisRelay | None = None
-        self.hub = Hub(self.channels.send, lambda: self._live,
+        self.hub = Hub(self.channels.send, lambda: self.live,
                        relay=self._open_broker if config.broker else LocalRelay)
+        self.operations = Operations(self)  # what cluster-ctl and signals ask
+        operations = self.operations
         self._on_signal: dict[str, Callable[[], None]] = {
-            "graceful stop": lambda: self.stop(graceful=True),
-            "fast stop": lambda: self.stop(graceful=False),
-            "reap": self._reap_soon, "reload": self.reload,
-            "one more": lambda: self.scale(self.roster.target + 1),
-            "one fewer": lambda: self.scale(self.roster.target - 1),
+            "graceful stop": lambda: operations.stop(graceful=True),
+            "fast stop": lambda: operations.stop(graceful=False),
+            "reap": self._reap_soon, "reload": operations.reload,
+            "one more": lambda: operations.scale(self.roster.target + 1),
+            "one fewer": lambda: operations.scale(self.roster.target - 1),
         }
         self._message_handlers: dict[type[wire.Message], Callable[[WorkerHandle, Any], None]] = {
             wire.Ready: self._ready,
@@ -110,7 +112,7 @@ class Master:
     def run(self) -> int:
         set_title(f"flask-cluster master [{self.app_name}]")
         config = self.config
-        self.endpoints = open_endpoints(config, self.app_name, self, self.selector,
+        self.endpoints = open_endpoints(config, self.app_name, self.operations, self.selector,
                                         tls=self.tls is not None)
         listener = self.endpoints.listener
         if config.metrics:
@@ -120,7 +122,7 @@ class Master:
         self.spawner = Spawner(config, self.load_app, self.app_name, self.scoreboard,
                                listener, self.pid, self.run_worker)
         self.dispatcher = Dispatcher(listener, self.selector, config.balance,
-                                     lambda: self.health.responsive_first(self._live), self._lost,
+                                     lambda: self.health.responsive_first(self.live), self._lost,
                                      serving_blocks=config.threads == 1,
                                      queue_depth=config.queue_depth,
                                      on_holding=self._holding,
@@ -128,7 +130,7 @@ class Master:
         self.dispatcher.start()
         target = self.roster.target
         self.scoreboard.worker_count = target
-        self._perform(self.roster.start(time.monotonic()))
+        self.perform(self.roster.start(time.monotonic()))
         try:
             while not self.roster.finished:
                 self._loop_once()
@@ -146,7 +148,7 @@ class Master:
             self.scoreboard.broker_full = full
 
         self.broker = open_relay(deliver, self.config, self.app_name, self.selector, on_full,
-                                 lambda: [handle.worker_id for handle in self._live])
+                                 lambda: [handle.worker_id for handle in self.live])
         return self.broker
 
     def _loop_once(self) -> None:
@@ -155,7 +157,8 @@ class Master:
             callback = key.data
             callback(key.fileobj, mask)
         if self.signals.pending:
-            self._handle_signals()
+            self.signals.act(self._on_signal, lambda: self.roster.stopping,
+                             self.config.graceful_timeout)
         now = time.monotonic()
         if self._reap_due or now >= self._next_housekeeping:
             self._reap_due = False
@@ -176,18 +179,18 @@ class Master:
         for handle in list(self.workers.values()):
             if handle.behind_since is not None:
                 self.channels.check_backlog(handle)
-        self._perform(self.health.check(list(self.workers.values()), now))
+        self.perform(self.health.check(list(self.workers.values()), now))
         if self.dispatcher is not None:
-            for handle in self.health.unresponsive(self._live):
+            for handle in self.health.unresponsive(self.live):
                 if handle.untaken and handle.reclaim is not None:
                     self.dispatcher.take_back(handle, handle.reclaim, alive=True)
-        self._perform(self.roster.tick(now))
+        self.perform(self.roster.tick(now))
         if self.broker is not None:
             self.broker.tick(now)
         self.recent.sample(now, ((handle.pid, handle.slot) for handle in self.workers.values()))
         if self.watcher is not None and not self.roster.stopping and self.watcher.changed():
             log.info("source changed: reloading")
-            self.reload()
+            self.operations.reload()
 
     def _next_timeout(self) -> float:
         deadlines = [self._next_housekeeping]
@@ -199,7 +202,7 @@ class Master:
 
     # -- performing the roster's actions --------------------------------------------------------
 
-    def _perform(self, actions: list[Action]) -> None:
+    def perform(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Spawn):
                 self._spawn(action.worker_id)
@@ -254,7 +257,7 @@ class Master:
             self.dispatcher.watch(handle)
 
     @property
-    def _live(self) -> list[WorkerHandle]:
+    def live(self) -> list[WorkerHandle]:
         """Workers in rotation, in worker-id order: who gets connections and messages (not
         one being reaped: it is out of ``workers`` before the roster hears of its exit)."""
         return [self.workers[m.pid] for m in self.roster.serving() if m.pid in self.workers]
@@ -265,12 +268,12 @@ class Master:
 
     def _ready(self, handle: WorkerHandle, _message: wire.Ready) -> None:
         self.scoreboard.set(handle.slot, HEARTBEAT_MS, now_ms())  # --timeout counts from now
-        self._perform(self.roster.ready(handle.pid, time.monotonic()))
+        self.perform(self.roster.ready(handle.pid, time.monotonic()))
         if not self._announced:  # only now: an app that cannot load never looks served
             self._announced = True
             config, target = self.config, self.roster.target
             log.info("serving %s on %s with %d worker%s (balance %s, threads %d), master pid %d",
-                     self.app_name, self.address, target, "s" if target != 1 else "",
+                     self.app_name, self.operations.address, target, "s" if target != 1 else "",
                      config.balance, config.threads, self.pid)
 
     def _boot_failed(self, handle: WorkerHandle, message: wire.BootFailed) -> None:
@@ -280,7 +283,7 @@ class Master:
         self.roster.boot_failed(handle.pid, message.reason)
 
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:
-        self._perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic(),
+        self.perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic(),
                                           reason="max-requests"))
 
     def _holding(self, count: int) -> None:
@@ -293,7 +296,7 @@ class Master:
 
     def _lost(self, target: Any) -> None:
         """A hand-off found ``target``'s channel broken: it is dying; stop choosing it."""
-        self._perform(self.roster.lost(target.pid))
+        self.perform(self.roster.lost(target.pid))
 
     # -- reaping ------------------------------------------------------------------------------
 
@@ -321,62 +324,10 @@ class Master:
             handle.reclaim = None
         close_quietly(handle.handoff)
         self.hub.worker_gone(handle)
-        self._perform(self.roster.exited(handle.pid, decode_status(status), time.monotonic()))
-
-    # -- signals ------------------------------------------------------------------------------
-
-    def _handle_signals(self) -> None:
-        while self.signals.pending:
-            signum = self.signals.pending.popleft()
-            asked = meaning(signum, stopping=self.roster.stopping)
-            if asked == "graceful stop" and signum == signal.SIGINT:
-                log.info("finishing requests in flight (up to %gs); Ctrl-C again to stop at once",
-                         self.config.graceful_timeout)
-            try:
-                self._on_signal[asked]()
-            except ValueError as exc:  # scaling past the limits
-                log.warning("%s ignored: %s", signal.Signals(signum).name, exc)
-
-    # -- operations (signals and cluster-ctl) ----------------------------------------------------
-
-    @property
-    def address(self) -> str:
-        return self.endpoints.address if self.endpoints is not None else ""
+        self.perform(self.roster.exited(handle.pid, decode_status(status), time.monotonic()))
 
     def _reap_soon(self) -> None:
         self._reap_due = True
-
-    def stop(self, *, graceful: bool) -> None:
-        self._perform(self.roster.stop(graceful=graceful, now=time.monotonic()))
-
-    def reload(self) -> None:
-        self._perform(self.roster.reload(time.monotonic()))
-
-    def scale(self, count: int) -> None:
-        """Run ``count`` workers; raises ValueError outside ``1 .. max_workers``."""
-        self._perform(self.roster.scale(count, time.monotonic()))
-        self.scoreboard.worker_count = self.roster.target
-
-    def publish(self, topic: str, data: Any) -> int:
-        """A broadcast from outside the workers (``cluster-ctl broadcast``); how many got it."""
-        if self.broker is not None:
-            # The workers check every broadcast's signature and the master has no key to sign
-            # with: a worker signs it and broadcasts it to every host.
-            live = self._live
-            if not live:
-                raise ValueError("no worker is serving to sign the broadcast: try again")
-            self.channels.send(live[0], wire.encode(wire.Publish(topic, wire.pack(data))))
-            return len(live)
-        return self.hub.publish(topic, wire.pack(data))
-
-    def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        master = {"pid": self.pid, "app": self.app_name, "address": self.address,
-                  "balance": self.config.balance, "threads": self.config.threads,
-                  "uptime": round(now - self.started, 1), "holding": self.scoreboard.holding}
-        if self.broker is not None:
-            master["broker"] = self.broker.status()
-        return cluster_status(master, self.roster, self.workers, self.scoreboard, self.recent, now)
 
     # -- the end ---------------------------------------------------------------
 

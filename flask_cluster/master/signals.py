@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import selectors
 import signal
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..wakeup import Wakeup
+
+log = logging.getLogger("flask_cluster.master")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
@@ -38,6 +42,21 @@ class SignalQueue:
 
     def _record(self, signum: int, _frame: Any) -> None:
         self.pending.append(signum)
+
+    def act(self, handlers: Mapping[str, Callable[[], None]], stopping: Callable[[], bool],
+            graceful_timeout: float) -> None:
+        """Call, for every signal recorded, the handler of its :func:`meaning`; one that raises
+        ValueError (scaling past the limits) is logged and the signal ignored."""
+        while self.pending:
+            signum = self.pending.popleft()
+            asked = meaning(signum, stopping=stopping())
+            if asked == "graceful stop" and signum == signal.SIGINT:
+                log.info("finishing requests in flight (up to %gs); Ctrl-C again to stop at once",
+                         graceful_timeout)
+            try:
+                handlers[asked]()
+            except ValueError as exc:
+                log.warning("%s ignored: %s", signal.Signals(signum).name, exc)
 
     def _drain(self, _sock: Any, _mask: int) -> None:
         self.wakeup.drain()
