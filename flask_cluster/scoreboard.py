@@ -21,10 +21,10 @@ PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIO
 # HAND_BACK is the master's to write: set before it retires the worker on purpose (a reload, a
 # renewal, a scale down), so the worker hands its kept-alive connections back instead of
 # closing them (worker/migration.py). Written before the SIGTERM, so the worker sees it.
-# FREE_SINCE_MS: when the worker's last request ended; SLOW_MS: when it last ended one that held
-# its loop for worker/spread.py's SLOW (spread.py reads the others'). REQUEST_STARTED_US: when
-# its current request started, in microseconds of the monotonic clock (--threads 1, written by
-# worker/spread.py; the master's choice reads it, master/choice.py).
+# FREE_SINCE_MS: when the worker's last request ended; SLOW_MS: when it last ended one that
+# worker/spread.py counts slow (SLOW of CPU, or HELD by the clock; spread.py reads the others').
+# REQUEST_STARTED_US: when its current request started, in microseconds of the monotonic clock
+# (--threads 1, written by worker/spread.py; the master's choice reads it, master/choice.py).
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for

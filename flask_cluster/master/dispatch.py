@@ -157,10 +157,7 @@ class Dispatcher:
             if serving_for < STUCK:  # not yet, or serving none: it takes them next
                 self._look_again(now + STUCK - serving_for)
                 continue
-            passed = _drain(worker.reclaim)
-            if passed:
-                worker.handed(-len(passed))
-                self.came_back(worker, passed)
+            self.take_back(worker, worker.reclaim, alive=True, busy=True)
 
     def _look_again(self, at: float) -> None:
         if self.unstick_at is None or at < self.unstick_at:
@@ -177,20 +174,23 @@ class Dispatcher:
         self.retry()
         self.close_waiting()
 
-    def take_back(self, worker: Target, reclaim: socket.socket, *, alive: bool = False) -> None:
+    def take_back(self, worker: Target, reclaim: socket.socket, *, alive: bool = False,
+                  busy: bool = False) -> None:
         """Connections passed to ``worker`` that it never took: read back from ``reclaim``, the
         master's copy of the worker's end of the hand-off channel, and passed to another
         worker instead of being reset. Their clients lose nothing but time; they are closed
         only if no worker can take them. For a dead worker (hung, killed or crashed), and for
-        one ``alive`` that stopped answering (its loop stuck in a request): each packet is read
-        by one side only, so what the master takes the worker never gets."""
+        one ``alive`` that stopped answering (its loop stuck in a request), or only ``busy``
+        with a request that has run :data:`STUCK` (:meth:`unstick`, routine: not logged): each
+        packet is read by one side only, so what the master takes the worker never gets."""
         passed = _drain(reclaim)
         if not passed:
             return
         if alive:
             worker.handed(-len(passed))  # no longer waiting for it
-            log.warning("%s is not answering: passing on the %d connection(s) waiting for it",
-                        worker, len(passed))
+            if not busy:
+                log.warning("%s is not answering: passing on the %d connection(s) waiting "
+                            "for it", worker, len(passed))
         else:
             log.info("%s left %d connection(s) it never took: passing them on", worker,
                      len(passed))

@@ -16,9 +16,9 @@ waits at most for a few of those). Waiting for an idle worker alone left them wh
 whenever the others were busy with quick requests: with 4 clients on a fast route and 1 on a
 7 ms route over 2 workers, the fast clients that shared the slow client's worker waited out
 every slow request, and the fast p99 was 2.4x gunicorn sync's (benchmarks/RESULTS.md). Under a
-load where every worker runs slow requests, nothing moves back and forth. Costs a clock read
-and a word of shared memory at each request's start and end; the rest only after a slow
-request.
+load where every worker runs slow requests, nothing moves back and forth. Costs two clock
+reads (the wall's and the loop thread's CPU) and a word of shared memory at each request's
+start, a clock read and a word at its end; the rest only after a slow request.
 """
 
 from __future__ import annotations
