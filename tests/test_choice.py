@@ -137,6 +137,31 @@ def test_each_free_signal_earns_the_worker_one_held_connection(listener: socket.
                 client.close()
 
 
+def test_the_holding_word_goes_back_to_0_when_free_signals_take_the_last_one(
+        listener: socket.socket, workers: list[Worker]) -> None:
+    # While it is not 0 every worker says Free after every request: left at 1, each request
+    # cost the master a message to read and a pass through its dispatch, for good.
+    only = workers[0]
+    only.serving, only.passed = 1, 1
+    held: list[int] = []
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: [only], pytest.fail,
+                                serving_blocks=True, queue_depth=0, on_holding=held.append)
+        dispatcher.start()
+        client = socket.create_connection(listener.getsockname())
+        try:
+            while not dispatcher.waiting:
+                run_once(selector, dispatcher)
+            assert held[-1] == 1
+
+            dispatcher.worker_free(only)
+
+            assert len(only.receive()) == 1 and not dispatcher.waiting
+            assert held[-1] == 0
+        finally:
+            client.close()
+
+
 def test_a_connection_stuck_behind_a_request_goes_to_a_free_worker(listener: socket.socket,
                                                                    workers: list[Worker]) -> None:
     # Passed behind a young request (--queue-depth 1), or to a worker that looked free and

@@ -106,6 +106,7 @@ class Dispatcher:
         # Told how many connections wait here whenever that changes: the workers read it on
         # the scoreboard, and while it is not 0 each says wire.Free the moment it is free.
         self.on_holding = on_holding
+        self.holding_told = 0
         self.live = live
         self.on_gone = on_gone
         self.waiting: deque[Accepted] = deque()
@@ -248,6 +249,15 @@ class Dispatcher:
         for item in self.waiting:
             os.close(item.fd)
         self.waiting.clear()
+        self._tell_holding()
+
+    def _tell_holding(self) -> None:
+        """Tell ``on_holding`` how many wait here, when that changed. Every change of
+        ``waiting`` ends here (through :meth:`retry` or :meth:`close_waiting`): a count left
+        above 0 had every worker say Free after every request, for good."""
+        if len(self.waiting) != self.holding_told:
+            self.holding_told = len(self.waiting)
+            self.on_holding(self.holding_told)
 
     def on_readable(self, listener: Any, _mask: int) -> None:
         batch: list[Accepted] = []
@@ -324,7 +334,7 @@ class Dispatcher:
     def _wait(self, items: list[Accepted]) -> None:
         """No worker can take these now: hold them, and stop accepting until one can."""
         self.waiting.extend(items)
-        self.on_holding(len(self.waiting))
+        self._tell_holding()
         self.resting_until = 0.0
         self._accept_more(False)
         # A worker that ended its request after our look at its in-flight count, but before
@@ -360,7 +370,7 @@ class Dispatcher:
                 self.waiting.popleft()
                 os.close(item.fd)
                 assigned[taker.worker_id] = assigned.get(taker.worker_id, 0) + 1
-            self.on_holding(len(self.waiting))
+        self._tell_holding()
         if not self.waiting and not self.stopped and time.monotonic() >= self.resting_until:
             self._accept_more(True)
 

@@ -107,6 +107,7 @@ class ClusterMetrics:
             counters=self.totals.current(handle.slot for handle in handles),
             in_flight=sum(board.get(handle.slot, IN_FLIGHT) for handle in handles),
             untaken=sum(handle.untaken for handle in handles),
+            held=board.holding,  # the count the workers read, not the master's own list
             connections=master.dispatcher.counts if master.dispatcher is not None else {},
             workers=Counter(member.state.label for member in master.roster.members.values()),
             restarts=master.roster.restart_reasons,

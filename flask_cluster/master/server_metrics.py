@@ -29,6 +29,7 @@ class ServerState:
     counters: list[int]  # request_counters words, summed over exited and live workers
     in_flight: int
     untaken: int
+    held: int  # connections the master holds until a worker has room (--threads 1)
     connections: Mapping[str, int]  # accepted, handed_off, taken_back
     workers: Mapping[str, int]  # by state label
     restarts: Mapping[str, int]  # by reason
@@ -66,6 +67,8 @@ def families(state: ServerState) -> Iterator[Metric]:
                    state.connections.get("taken_back", 0))
     yield _gauge("connections_untaken", "Connections passed to workers and not taken yet.",
                  state.untaken)
+    yield _gauge("connections_held", "Connections the master holds until a worker has room "
+                 "(--threads 1, every worker busy).", state.held)
     yield _labelled(GaugeMetricFamily, "workers", "Worker processes by state.", "state",
                     state.workers)
     yield _labelled(CounterMetricFamily, "worker_restarts", "Workers replaced, by reason.",
