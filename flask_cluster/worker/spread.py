@@ -16,9 +16,10 @@ waits at most for a few of those). Waiting for an idle worker alone left them wh
 whenever the others were busy with quick requests: with 4 clients on a fast route and 1 on a
 7 ms route over 2 workers, the fast clients that shared the slow client's worker waited out
 every slow request, and the fast p99 was 2.4x gunicorn sync's (benchmarks/RESULTS.md). Under a
-load where every worker runs slow requests, nothing moves back and forth. Costs two clock
-reads (the wall's and the loop thread's CPU) and a word of shared memory at each request's
-start, a clock read and a word at its end; the rest only after a slow request.
+load where every worker runs slow requests, nothing moves back and forth. Costs a clock read
+and a word of shared memory at each request's start (and a read of the loop thread's CPU clock,
+a system call, at most every millisecond), a clock read and a word at its end; the rest only
+after a slow request.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ SLOW = 0.005  # seconds of CPU a request took on the loop: the app's, far beyond
 # on a busy machine; counted as slow, that moved connections back and forth under an even load
 # (68 moves in 5 s of Flask hello over 32 kept-alive connections, worker shares 61 / 39 %).
 HELD = 0.020
+# The thread's CPU clock is a system call (no vDSO for it: 0.8 us here, 13 % of a worker's
+# time on pipelined raw WSGI when read at every request's start), so a request that starts
+# within this many seconds of the last read takes that read as its start: its CPU time may
+# then count up to this much of the requests before it, a rule of 4-5 ms instead of 5.
+CPU_READ_EVERY = 0.001
 FREE_FOR_MS = 2  # another worker idle this long is waiting for work, not between two requests
 QUICK_FOR_MS = 250  # another worker with no slow request this long serves quick ones only
 BEATING_MS = 2000  # a heartbeat younger than this: the worker is alive (it beats every 0.5 s)
@@ -67,15 +73,19 @@ class Spread:
         self.slot = slot
         self.started = 0.0
         self.cpu_started = 0.0
+        self.cpu_read_at = float("-inf")  # wall time of the last read of the CPU clock
         self.waiting: list[Connection] = []  # idle when a slow request ended
 
     def request_started(self) -> None:
         """Also tells the master when (its choice queues a connection behind a request only
         while that request is young, master/choice.py): one clock read serves both. The
-        thread's CPU clock too, so that a request preempted by the scheduler is not slow."""
-        self.started = time.monotonic()
-        self.cpu_started = time.thread_time()
-        self.scoreboard.set(self.slot, REQUEST_STARTED_US, int(self.started * 1_000_000))
+        thread's CPU clock too (at most every CPU_READ_EVERY), so that a request preempted by
+        the scheduler is not slow."""
+        self.started = now = time.monotonic()
+        if now - self.cpu_read_at >= CPU_READ_EVERY:
+            self.cpu_read_at = now
+            self.cpu_started = time.thread_time()
+        self.scoreboard.set(self.slot, REQUEST_STARTED_US, int(now * 1_000_000))
 
     def request_ended(self) -> None:
         """On the loop thread, inside the request's end: the connection that ran it is not
