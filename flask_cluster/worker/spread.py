@@ -71,6 +71,12 @@ class Spread:
         self.hand_back = hand_back
         self.scoreboard = scoreboard
         self.slot = slot
+        # Our words, written by index at every request's start and end (not through
+        # Scoreboard.set: two calls fewer each time, on the path of every request).
+        self.words = scoreboard.words
+        base = scoreboard.base(slot)
+        self._started_us = base + REQUEST_STARTED_US
+        self._free_since_ms = base + FREE_SINCE_MS
         self.started = 0.0
         self.cpu_started = 0.0
         self.cpu_read_at = float("-inf")  # wall time of the last read of the CPU clock
@@ -85,14 +91,14 @@ class Spread:
         if now - self.cpu_read_at >= CPU_READ_EVERY:
             self.cpu_read_at = now
             self.cpu_started = time.thread_time()
-        self.scoreboard.set(self.slot, REQUEST_STARTED_US, int(now * 1_000_000))
+        self.words[self._started_us] = int(now * 1_000_000)
 
     def request_ended(self) -> None:
         """On the loop thread, inside the request's end: the connection that ran it is not
         idle yet, so the idle ones now are exactly the others."""
         now = time.monotonic()
         now_ms = int(now * 1000)
-        self.scoreboard.set(self.slot, FREE_SINCE_MS, now_ms)
+        self.words[self._free_since_ms] = now_ms
         held = now - self.started
         if held < SLOW or (held < HELD and time.thread_time() - self.cpu_started < SLOW):
             return
