@@ -18,9 +18,7 @@ from typing import Any
 
 from .. import ipc
 from ..scoreboard import CONNECTIONS, Scoreboard
-from .spread import others_beating
-
-AHEAD = 2  # open connections more than another worker's before new ones go elsewhere
+from .spread import AHEAD, others_beating
 
 
 class EvenSpread:

@@ -191,6 +191,7 @@ class Worker:
                     self.unserved.watch()
                 spread = Spread(engine, HandBack(engine, sockets.handoff), self.scoreboard,
                                 self.slot)
+                engine.tick_callbacks.append(spread.rebalance)
         if sockets.listener is not None:
             engine.accept_from(sockets.listener, shared=True)
         elif sockets.reuseport is not None:
