@@ -26,7 +26,7 @@ the same way, on the housekeeping tick (:meth:`Spread.rebalance`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..scoreboard import (
     CONNECTIONS,
@@ -108,8 +108,7 @@ class Spread:
         self.scoreboard.set(self.slot, SLOW_MS, now_ms)
         if self.waiting or self.engine.stopping:
             return
-        self.waiting = [conn for conn in self.engine.connections
-                        if conn.idle and conn.request_started and movable(conn)]
+        self.waiting = self._idle_movable(self.engine.connections)
         if self.waiting:
             self.engine.idle_callbacks.append(self._after_events)
 
@@ -118,9 +117,15 @@ class Spread:
         waiting, self.waiting = self.waiting, []
         if self.engine.stopping or not self._another_is_better():
             return
-        movable_now = [conn for conn in waiting
-                       if conn.idle and movable(conn) and conn not in self.engine.moving]
-        self.hand_back.hand_back(movable_now)  # what the channel does not take stays here
+        # what the channel does not take stays here
+        self.hand_back.hand_back(self._idle_movable(waiting))
+
+    def _idle_movable(self, conns: Iterable[Connection]) -> list[Connection]:
+        """Those of ``conns`` that may move now: kept-alive ones between two requests, not TLS
+        or closing, not already on their way."""
+        moving = self.engine.moving
+        return [conn for conn in conns if conn.idle and conn.request_started and movable(conn)
+                and conn not in moving]
 
     def _another_is_better(self) -> bool:
         return any(True for _slot in self._better_homes())
@@ -153,6 +158,5 @@ class Spread:
                      default=mine)
         if mine - fewest < AHEAD:
             return
-        idle = [conn for conn in self.engine.connections if conn.idle and conn.request_started
-                and movable(conn) and conn not in self.engine.moving]
+        idle = self._idle_movable(self.engine.connections)
         self.hand_back.hand_back(idle[:(mine - fewest) // 2])
