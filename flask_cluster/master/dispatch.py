@@ -106,7 +106,6 @@ class Dispatcher:
         # Told how many connections wait here whenever that changes: the workers read it on
         # the scoreboard, and while it is not 0 each says wire.Free the moment it is free.
         self.on_holding = on_holding
-        self.holding_told = 0
         self.live = live
         self.on_gone = on_gone
         self.waiting: deque[Accepted] = deque()
@@ -252,12 +251,10 @@ class Dispatcher:
         self._tell_holding()
 
     def _tell_holding(self) -> None:
-        """Tell ``on_holding`` how many wait here, when that changed. Every change of
-        ``waiting`` ends here (through :meth:`retry` or :meth:`close_waiting`): a count left
-        above 0 had every worker say Free after every request, for good."""
-        if len(self.waiting) != self.holding_told:
-            self.holding_told = len(self.waiting)
-            self.on_holding(self.holding_told)
+        """Tell ``on_holding`` how many wait here. Every change of ``waiting`` ends here
+        (through :meth:`retry` or :meth:`close_waiting`): a count left above 0 had every
+        worker say Free after every request, for good."""
+        self.on_holding(len(self.waiting))
 
     def on_readable(self, listener: Any, _mask: int) -> None:
         batch: list[Accepted] = []
