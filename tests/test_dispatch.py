@@ -17,7 +17,8 @@ import pytest
 from flask_cluster import ipc
 from flask_cluster.master import dispatch
 from flask_cluster.master.choice import Choice, LeastBusy, RoundRobin
-from flask_cluster.master.dispatch import Accepted, Dispatcher, hand_off
+from flask_cluster.master.dispatch import Dispatcher
+from flask_cluster.master.hand_off import Accepted, hand_off
 
 
 @dataclass(eq=False)

@@ -1,7 +1,7 @@
 """The master's accept loop and the hand-off of connections to workers.
 
-Which worker is :mod:`.choice`'s business (pure, no I/O); :func:`hand_off` does the I/O and
-moves on to the next candidate when a worker's queue is full or the worker is gone.
+Which worker is :mod:`.choice`'s business (pure, no I/O); :mod:`.hand_off` passes connections
+on and reads back what comes back.
 """
 
 from __future__ import annotations
@@ -15,49 +15,14 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import ipc
 from ..listeners import accept_batch
 from .choice import Choice, LeastBusy, Target
+from .hand_off import HAND_BACK_BATCH, Accepted, drain, hand_off
 
 log = logging.getLogger("flask_cluster.master")
-
-
-class Accepted(NamedTuple):
-    """A connection the master accepted (its descriptor: the master only passes it on), and
-    its peer as ``accept()`` reported it."""
-
-    fd: int
-    peer: bytes
-
-
-def _drain(channel: socket.socket) -> list[tuple[int, bytes]]:
-    """Every connection readable on ``channel`` now, with its peer."""
-    passed: list[tuple[int, bytes]] = []
-    try:
-        while batch := ipc.receive_passed(channel, HAND_BACK_BATCH):
-            passed += batch
-    except ipc.ChannelClosed:
-        pass  # no end of stream while the master holds both ends: an error; nothing more
-    return passed
-
-
-def hand_off(batch: list[Accepted], candidates: list[Target],
-             on_gone: Callable[[Target], None]) -> Target | None:
-    """Pass ``batch`` in one packet to the first candidate that takes it: that one, or None if
-    none could."""
-    fds = [item.fd for item in batch]
-    peers = [item.peer for item in batch]
-    for target in candidates:
-        assert target.handoff is not None
-        try:
-            if ipc.send_connections(target.handoff, fds, peers):
-                target.handed(len(batch))
-                return target
-        except ipc.ChannelClosed:
-            on_gone(target)  # died since we last looked: never hand it another connection
-    return None
 
 
 ACCEPT_BATCH = 64  # connections per wake-up, so signals and messages are not starved
@@ -68,7 +33,6 @@ ACCEPT_PAUSE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # stream of connects. Never while a worker waits for work: at low concurrency that only added
 # latency (benchmarks/RESULTS.md). 1 ms: epoll waits in whole milliseconds.
 ACCEPT_WINDOW = 0.001
-HAND_BACK_BATCH = 64  # packets read per wake-up from a worker handing connections back
 # With --threads 1, a connection passed to a worker that has not taken it this long after the
 # worker's request started is taken back and placed again (Dispatcher.unstick): passed while
 # the worker looked free (its next connection taken, its request not read yet) or behind a
@@ -183,7 +147,7 @@ class Dispatcher:
         one ``alive`` that stopped answering (its loop stuck in a request), or only ``busy``
         with a request that has run :data:`STUCK` (:meth:`unstick`, routine: not logged): each
         packet is read by one side only, so what the master takes the worker never gets."""
-        passed = _drain(reclaim)
+        passed = drain(reclaim)
         if not passed:
             return
         if alive:
@@ -210,7 +174,7 @@ class Dispatcher:
         assert worker.handoff is not None
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(worker.handoff)
-        passed = _drain(worker.handoff)
+        passed = drain(worker.handoff)
         if passed:
             self.came_back(worker, passed, kept_alive=True)
 
