@@ -181,6 +181,12 @@ class Config:
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def workers_accept_when_busy(self) -> bool:
+        """The master leaves its listener to the workers while none has room: round-robin and
+        least-busy with the app on the loop (master/dispatch.py, worker/accepting.py)."""
+        return self.threads == 1 and self.balance in ("round-robin", "least-busy")
+
 
 def option_name(name: str) -> str:
     return "--" + name.replace("_", "-")

@@ -29,6 +29,9 @@ class WorkerSockets:
     listener: socket.socket | None  # shared: accept on the master's socket
     reuseport: tuple[Any, socket.AddressFamily] | None  # reuseport: bind our own
     family: socket.AddressFamily  # of the master's listener, so of every connection
+    # round-robin and least-busy with --threads 1: the master's listener, accepted on only
+    # while the master leaves it to the workers (worker/accepting.py)
+    backlog: socket.socket | None = None
 
 
 @dataclass

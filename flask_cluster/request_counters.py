@@ -20,7 +20,10 @@ DURATION_BUCKETS = BY_STATUS_METHOD + len(STATUS_CLASSES) * len(METHODS)
 DURATION_SUM_US = DURATION_BUCKETS + len(BUCKETS) + 1
 BODY_BYTES_IN = DURATION_SUM_US + 1
 BODY_BYTES_OUT = BODY_BYTES_IN + 1
-COUNTER_WORDS = BODY_BYTES_OUT + 1
+# Connections the worker accepted on a listener itself (shared, reuseport, or the master's
+# while it leaves it to the workers): written at every accept, --metrics or not.
+ACCEPTED = BODY_BYTES_OUT + 1
+COUNTER_WORDS = ACCEPTED + 1
 
 
 def status_method_word(status_class: int, method: int) -> int:

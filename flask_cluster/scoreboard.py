@@ -32,6 +32,10 @@ BROKER_FULL = 1  # header word: 1 while the master holds --broker-buffer unsent 
 # Header word: connections the master holds because no worker has room (master/choice.py);
 # while it is not 0 a worker says wire.Free the moment it is free.
 HOLDING = BROKER_FULL + 1
+# Header word: 1 while the master leaves its listener to the workers (round-robin and
+# least-busy with --threads 1, every worker busy): each accepts itself when free
+# (worker/accepting.py).
+WORKERS_ACCEPT = HOLDING + 1
 # After the slots, one block of COUNTER_WORDS per slot: the request counters of --metrics
 # (request_counters.py), kept apart so the slots' own layout never moves for them.
 
@@ -99,6 +103,14 @@ class Scoreboard:
     @holding.setter
     def holding(self, count: int) -> None:
         self.words[HOLDING] = count
+
+    @property
+    def workers_accept(self) -> bool:
+        return self.words[WORKERS_ACCEPT] != 0
+
+    @workers_accept.setter
+    def workers_accept(self, on: bool) -> None:
+        self.words[WORKERS_ACCEPT] = int(on)
 
     def snapshot(self, slot: int) -> dict[str, int]:
         base = self.base(slot)

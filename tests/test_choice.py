@@ -10,7 +10,7 @@ import time
 import pytest
 
 from flask_cluster.master.choice import Choice
-from flask_cluster.master.dispatch import STUCK, Dispatcher
+from flask_cluster.master.dispatch import IDLE, STUCK, Dispatcher
 from tests.test_dispatch import Worker, ids, listener, run_once, workers
 
 __all__ = ["listener", "workers"]  # fixtures, used by name
@@ -218,3 +218,48 @@ def test_a_connection_behind_a_request_younger_than_stuck_stays(listener: socket
             assert len(only.receive()) == 1
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("end", ["a worker idles", "the cluster stops"])
+def test_while_no_worker_has_room_the_workers_accept_until_one_idles(
+        listener: socket.socket, workers: list[Worker], end: str) -> None:
+    # Holding each connection cost the master an accept, a Free and a hand-off per request
+    # under saturation (Connection: close at 0.75-0.88x of shared): the workers take the
+    # backlog themselves, each when free, and the master takes the listener back only once
+    # one has idled, which it would not while connections waited there.
+    for worker in workers:
+        worker.serving = 1
+    told: list[bool] = []
+    with selectors.DefaultSelector() as selector:
+        dispatcher = Dispatcher(listener, selector, "round-robin", lambda: workers, pytest.fail,
+                                serving_blocks=True, queue_depth=0,
+                                on_workers_accept=told.append)
+        dispatcher.start()
+        first = socket.create_connection(listener.getsockname())
+        later: list[socket.socket] = []
+        try:
+            while not dispatcher.waiting:
+                run_once(selector, dispatcher)
+            assert told == [True]
+            dispatcher.worker_free(workers[1])  # the held one goes out on the Free
+            assert len(workers[1].receive()) == 1 and not dispatcher.waiting
+
+            later += [socket.create_connection(listener.getsockname()) for _ in range(2)]
+            for _ in range(3):
+                run_once(selector, dispatcher, timeout=0.02)
+            assert told == [True] and dispatcher.paused
+            assert dispatcher.counts["accepted"] == 1  # the rest waits for the workers
+            if end == "the cluster stops":
+                dispatcher.stop()
+                assert told == [True, False]
+                return
+
+            workers[2].serving, workers[2].idle_for = 0, IDLE  # idle: the backlog is empty
+            while dispatcher.counts["accepted"] < 3:
+                run_once(selector, dispatcher)
+            assert told == [True, False]
+            assert len(workers[2].receive()) == 2
+        finally:
+            for client in [first, *later]:
+                client.close()
+

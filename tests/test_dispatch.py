@@ -33,6 +33,7 @@ class Worker:
     connections: int = 0
     passed: int = 0
     serving_for: float = 0.0  # seconds its request has run
+    idle_for: float = 0.0  # seconds it has served nothing and has nothing untaken
 
     @property
     def untaken(self) -> int:

@@ -53,6 +53,12 @@ class Target(Protocol):
         """Seconds its current request has run (0.0 while it serves none)."""
         ...
 
+    @property
+    def idle_for(self) -> float:
+        """Seconds it has served no request and had nothing passed to it untaken (0.0 while
+        it has)."""
+        ...
+
     def handed(self, count: int) -> None:
         """``count`` connections were just passed to it."""
         ...

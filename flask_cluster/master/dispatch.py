@@ -39,6 +39,11 @@ ACCEPT_WINDOW = 0.001
 # young request (--queue-depth), it would wait out the whole request, however long, while
 # another worker idles. One epoll tick, as YOUNG (choice.py).
 STUCK = 0.001
+# While the workers accept themselves (every worker was busy), the master takes the listener
+# back once a worker has been idle this long: it would have accepted any connection waiting,
+# so the backlog is empty and the rush is over. Two epoll ticks: not the gap between two
+# requests of a busy worker.
+IDLE = 0.002
 RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try again this soon
 
 
@@ -58,9 +63,16 @@ class Dispatcher:
                  live: Callable[[], Sequence[Target]], on_gone: Callable[[Target], None],
                  serving_blocks: bool = False, queue_depth: int | None = None,
                  on_holding: Callable[[int], None] = lambda count: None,
-                 accepts: bool = True) -> None:
+                 accepts: bool = True,
+                 on_workers_accept: Callable[[bool], None] | None = None) -> None:
         self.listener = listener
         self.accepts = accepts
+        # Told True when no worker has room: the workers read it on the scoreboard and accept
+        # on the listener themselves, each when it is free (worker/accepting.py), instead
+        # of each connection costing the master a hold, a Free and a hand-off; False when the
+        # master takes the listener back. None: the master never leaves it (--threads > 1).
+        self.on_workers_accept = on_workers_accept
+        self.workers_accept = False
         self.selector = selector
         self.serving_blocks = serving_blocks  # --threads 1: a worker serving takes nothing
         self.choice = Choice(balance, serving_blocks, queue_depth)
@@ -134,6 +146,7 @@ class Dispatcher:
         """Stop accepting; connections already accepted still go to a worker if one can take
         them (the rest are closed)."""
         self.stopped = True
+        self._leave_to_workers(False)
         self._accept_more(False)
         self.retry()
         self.close_waiting()
@@ -293,11 +306,13 @@ class Dispatcher:
         return taker
 
     def _wait(self, items: list[Accepted]) -> None:
-        """No worker can take these now: hold them, and stop accepting until one can."""
+        """No worker can take these now: hold them, and stop accepting until one can; the
+        rest waits in the kernel's backlog, for the workers to accept if they may."""
         self.waiting.extend(items)
         self._tell_holding()
         self.resting_until = 0.0
         self._accept_more(False)
+        self._leave_to_workers(not self.stopped)
         # A worker that ended its request after our look at its in-flight count, but before
         # the holding word above was set, saw no holding and said no Free: look again now,
         # or the connection waits out RETRY_AFTER.
@@ -333,7 +348,16 @@ class Dispatcher:
                 assigned[taker.worker_id] = assigned.get(taker.worker_id, 0) + 1
         self._tell_holding()
         if not self.waiting and not self.stopped and time.monotonic() >= self.resting_until:
+            if self.workers_accept and not any(worker.idle_for >= IDLE for worker in self.live()):
+                return  # every worker busy, or taking the next connection itself
+            self._leave_to_workers(False)
             self._accept_more(True)
+
+    def _leave_to_workers(self, on: bool) -> None:
+        """Leave the listener to the workers (``on``), or take it back."""
+        if self.on_workers_accept is not None and on != self.workers_accept:
+            self.workers_accept = on
+            self.on_workers_accept(on)
 
     def _accept_more(self, on: bool) -> None:
         if on == self.accepting or not self.accepts:

@@ -108,6 +108,7 @@ class ClusterMetrics:
             in_flight=sum(board.get(handle.slot, IN_FLIGHT) for handle in handles),
             untaken=sum(handle.untaken for handle in handles),
             held=board.holding,  # the count the workers read, not the master's own list
+            workers_accepting=board.workers_accept,
             connections=master.dispatcher.counts if master.dispatcher is not None else {},
             workers=Counter(member.state.label for member in master.roster.members.values()),
             restarts=master.roster.restart_reasons,

@@ -86,7 +86,8 @@ class Operations:
         master, now = self.master, time.monotonic()
         own = {"pid": master.pid, "app": master.app_name, "address": self.address,
                "balance": master.config.balance, "threads": master.config.threads,
-               "uptime": round(now - master.started, 1), "holding": master.scoreboard.holding}
+               "uptime": round(now - master.started, 1), "holding": master.scoreboard.holding,
+               "workers_accept": master.scoreboard.workers_accept}
         if master.broker is not None:
             own["broker"] = master.broker.status()
         return cluster_status(own, master.roster, master.workers, master.scoreboard,

@@ -126,7 +126,9 @@ class Master:
                                      serving_blocks=config.threads == 1,
                                      queue_depth=config.queue_depth,
                                      on_holding=self._holding,
-                                     accepts=config.balance in ("round-robin", "least-busy"))
+                                     accepts=config.balance in ("round-robin", "least-busy"),
+                                     on_workers_accept=self._workers_accept
+                                     if config.workers_accept_when_busy else None)
         self.dispatcher.start()
         target = self.roster.target
         self.scoreboard.worker_count = target
@@ -285,6 +287,9 @@ class Master:
     def _served_max_requests(self, handle: WorkerHandle, _message: wire.Retire) -> None:
         self.perform(self.roster.recycle(handle.pid, "served its --max-requests", time.monotonic(),
                                           reason="max-requests"))
+
+    def _workers_accept(self, on: bool) -> None:
+        self.scoreboard.workers_accept = on
 
     def _holding(self, count: int) -> None:
         self.scoreboard.holding = count

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 
 from ..request_counters import (
+    ACCEPTED,
     BODY_BYTES_IN,
     BODY_BYTES_OUT,
     BUCKETS,
@@ -30,6 +31,7 @@ class ServerState:
     in_flight: int
     untaken: int
     held: int  # connections the master holds until a worker has room (--threads 1)
+    workers_accepting: bool  # the master leaves its listener to the workers (all were busy)
     connections: Mapping[str, int]  # accepted, handed_off, taken_back
     workers: Mapping[str, int]  # by state label
     restarts: Mapping[str, int]  # by reason
@@ -58,8 +60,13 @@ def families(state: ServerState) -> Iterator[Metric]:
                    counters[BODY_BYTES_IN])
     yield _counter("sent_body_bytes", "Response body bytes.", counters[BODY_BYTES_OUT])
     yield _gauge("requests_in_flight", "Requests being answered now.", state.in_flight)
-    yield _counter("connections_accepted", "Connections the master accepted.",
-                   state.connections.get("accepted", 0))
+    by_workers = counters[ACCEPTED]
+    yield _counter("connections_accepted", "Connections accepted, by the master or a worker.",
+                   state.connections.get("accepted", 0) + by_workers)
+    yield _counter("connections_accepted_by_workers", "Connections workers accepted "
+                   "themselves (shared, reuseport; or while every worker was busy).", by_workers)
+    yield _gauge("workers_accepting", "1 while the master leaves its listener to the workers, "
+                 "every worker having been busy (--threads 1).", int(state.workers_accepting))
     yield _counter("connections_handed_off", "Connections the master passed to a worker.",
                    state.connections.get("handed_off", 0))
     yield _counter("connections_taken_back", "Connections that came back to the master (from "

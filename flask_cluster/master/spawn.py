@@ -47,6 +47,7 @@ class Spawner:
         # comes back (kept-alive connections moved between workers).
         master_msg, worker_msg, master_fd, worker_fd = ipc.channel_pairs()
         shared = config.balance == "shared"
+        backlog = listener if config.workers_accept_when_busy else None
         sockets = WorkerSockets(
             messages=worker_msg,
             handoff=worker_fd,
@@ -54,10 +55,11 @@ class Spawner:
             reuseport=(listener.getsockname(), listener.family)
             if config.balance == "reuseport" else None,
             family=listener.family,
+            backlog=backlog,
         )
         spec = WorkerSpec(worker_id, slot, config, self.load_app, self.app_name, self.scoreboard,
                           sockets, self._server_address(), self.master_pid)
-        close = [*close, master_msg, master_fd, None if shared else listener]
+        close = [*close, master_msg, master_fd, None if shared or backlog else listener]
         for handle in others:
             close += [handle.channel.sock, handle.handoff, handle.reclaim]
         pid = fork_worker(lambda: self.run_worker(spec), close, shed)

@@ -9,7 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import ipc
-from ..scoreboard import CONNECTIONS, IN_FLIGHT, RECEIVED, REQUEST_STARTED_US, Scoreboard
+from ..scoreboard import (
+    CONNECTIONS,
+    FREE_SINCE_MS,
+    IN_FLIGHT,
+    RECEIVED,
+    REQUEST_STARTED_US,
+    Scoreboard,
+)
 
 
 class WorkerHandle:
@@ -34,6 +41,7 @@ class WorkerHandle:
         self._in_flight = base + IN_FLIGHT
         self._started_us = base + REQUEST_STARTED_US
         self._connections = base + CONNECTIONS
+        self._free_since_ms = base + FREE_SINCE_MS
         self.sent = 0  # connections passed to it
         self.wants_write = False  # registered for EVENT_WRITE: messages wait for the worker
         self.behind_since: float | None = None  # since when its message backlog is too large
@@ -56,6 +64,14 @@ class WorkerHandle:
         if not self.words[self._in_flight]:
             return 0.0
         return max(0.0, time.monotonic() - self.words[self._started_us] / 1e6)
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since its last request ended, while it serves none and has taken all it
+        was passed (``--threads 1``); 0.0 otherwise."""
+        if self.in_flight:
+            return 0.0
+        return max(0.0, time.monotonic() - self.words[self._free_since_ms] / 1000)
 
     @property
     def connections(self) -> int:

@@ -96,8 +96,10 @@ class Engine:
         except (KeyError, ValueError):
             pass
 
-    def accept_from(self, listener: socket.socket, *, shared: bool = False) -> None:
-        """Accept connections on ``listener`` ourselves (``shared`` and ``reuseport``).
+    def accept_from(self, listener: socket.socket, *, shared: bool = False,
+                    on_accept: Callable[[], None] = lambda: None) -> None:
+        """Accept connections on ``listener`` ourselves (``shared`` and ``reuseport``, and
+        the master's while it leaves it to the workers); ``on_accept`` counts each.
 
         On a listener ``shared`` with other workers, one connection per wake-up: every idle
         worker is woken for a burst of connects, and one that took them all would leave the
@@ -106,6 +108,7 @@ class Engine:
         batch = 1 if shared else ACCEPT_BATCH
 
         def take(sock: socket.socket, address: Any) -> bool:
+            on_accept()
             if self.divert is None or not self.divert(sock, address):
                 self.add_connection(sock, peer_of(address))
             return self.accepting
@@ -124,7 +127,8 @@ class Engine:
 
         no_delay(listener)
         self.listeners.append((listener, accept))
-        self.add_reader(listener, accept)
+        if self.accepting:  # else at capacity: _resume_accepting adds it
+            self.add_reader(listener, accept)
 
     def remove_listener(self, listener: socket.socket) -> None:
         self.listeners = [(sock, cb) for sock, cb in self.listeners if sock is not listener]

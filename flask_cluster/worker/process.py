@@ -23,7 +23,7 @@ from ..contract import EXIT_BOOT_ERROR, EXIT_OK, WorkerSpec
 from ..extension import extension_of
 from ..http.parser import Limits
 from ..http.wsgi import base_environ, parse_trusted
-from ..listeners import close_quietly, reuseport_listener, stop_listening
+from ..listeners import close_quietly, stop_listening
 from ..proctitle import set_title
 from ..scoreboard import (
     CONNECTIONS,
@@ -37,6 +37,7 @@ from ..scoreboard import (
 )
 from ..tls import server_context
 from ..wakeup import Wakeup
+from .accepting import BacklogShare, accept_own
 from .access_log import AccessLog
 from .app_metrics import use_multiprocess_values
 from .engine import Engine
@@ -138,6 +139,7 @@ class Worker:
         connections_index = base + CONNECTIONS
         free_signal = FreeSignal(words, in_flight_index, messenger.send)
         spread: Spread | None = None  # made with the engine, below
+        share: BacklogShare | None = None
 
         def on_connection(delta: int) -> None:
             words[connections_index] += delta
@@ -150,6 +152,8 @@ class Worker:
                     spread.request_started()
                 return
             free_signal.request_ended()
+            if share is not None:
+                share.look()
             if spread is not None:
                 spread.request_ended()
             if max_requests and words[requests_index] >= max_requests:
@@ -192,11 +196,7 @@ class Worker:
                 spread = Spread(engine, HandBack(engine, sockets.handoff), self.scoreboard,
                                 self.slot)
                 engine.tick_callbacks.append(spread.rebalance)
-        if sockets.listener is not None:
-            engine.accept_from(sockets.listener, shared=True)
-        elif sockets.reuseport is not None:
-            sockets.listener = reuseport_listener(*sockets.reuseport)
-            engine.accept_from(sockets.listener)
+        share = accept_own(engine, sockets, self.scoreboard, self.slot)
         if sockets.listener is not None and spread is not None:
             engine.divert = EvenSpread(spread.hand_back.channel, self.scoreboard, self.slot).divert
         assert self._signals is not None
@@ -310,9 +310,10 @@ class Worker:
                     break
             self.fd_budget.forget_held()
             engine.remove_reader(sockets.handoff)
-        if sockets.listener is not None:
-            engine.remove_listener(sockets.listener)
-            close_quietly(sockets.listener)
+        for listener in (sockets.listener, sockets.backlog):
+            if listener is not None:
+                engine.remove_listener(listener)
+                close_quietly(listener)
 
     def _retirement(self) -> Retirement | None:
         """Retired on purpose (the master set our HAND_BACK word before its SIGTERM): our

@@ -44,6 +44,16 @@ def scrape(cluster: ClusterProcess, timeout: float = 10.0) -> dict[str, float]:
     return samples
 
 
+def scrape_when(cluster: ClusterProcess, name: str, value: float) -> dict[str, float]:
+    """The first scrape (within 10 s) in which ``name`` is ``value``."""
+
+    def matching() -> dict[str, float] | None:
+        metrics = scrape(cluster)
+        return metrics if metrics[name] == value else None
+
+    return wait_until(matching, 10.0, interval=0.05, message=f"{name} == {value}")
+
+
 def test_counts_are_exact_though_workers_were_recycled(start_cluster: StartCluster) -> None:
     cluster = start(start_cluster, "--max-requests", "50")
 
@@ -130,6 +140,49 @@ def test_a_connection_held_for_a_busy_cluster_is_shown_until_a_worker_takes_it(
             client.join(30)
     assert done == [200, 200, 200]
     assert scrape(cluster)["flask_cluster_connections_held"] == 0
+
+
+def test_while_every_worker_is_busy_the_workers_accept_and_every_accept_is_counted(
+        start_cluster: StartCluster) -> None:
+    # Holding each connection cost the master an accept, a Free and a hand-off: once one is
+    # held, the master leaves its listener to the workers, each accepting when free.
+    cluster = start(start_cluster)
+    done: list[int] = []
+
+    def get(path: str) -> None:
+        done.append(cluster.request(path, timeout=30).status)
+
+    slow = [threading.Thread(target=get, args=("/slow?seconds=2",), daemon=True)
+            for _ in range(2)]
+    quick = [threading.Thread(target=get, args=("/",), daemon=True) for _ in range(4)]
+    try:
+        for client in slow:
+            client.start()
+        wait_until(lambda: scrape(cluster).get("app_busy") == 2, 10.0, interval=0.1)
+        quick[0].start()
+        metrics = scrape_when(cluster, "flask_cluster_workers_accepting", 1)
+        assert metrics["flask_cluster_connections_held"] == 1
+        assert not done, "the slow requests finished first: no worker was ever busy"
+        for client in quick[1:]:
+            client.start()  # into the backlog, for whichever worker is free first
+    finally:
+        for client in [*slow, *quick]:
+            client.join(30)
+    assert done == [200] * 6
+    # Once a worker has idled the master accepts again, counting every connection either way.
+    metrics = scrape_when(cluster, "flask_cluster_workers_accepting", 0)
+    assert metrics["flask_cluster_connections_accepted_total"] == 6
+    assert metrics["flask_cluster_connections_accepted_by_workers_total"] >= 1
+    assert cluster.request("/").status == 200
+
+
+def test_connections_workers_accept_are_counted_with_shared(start_cluster: StartCluster) -> None:
+    cluster = start(start_cluster, "--balance", "shared")
+    for _ in range(20):
+        assert cluster.request("/").status == 200
+    metrics = scrape(cluster)
+    assert metrics["flask_cluster_connections_accepted_total"] == 20
+    assert metrics["flask_cluster_connections_accepted_by_workers_total"] == 20
 
 
 def test_restarts_are_counted_by_reason(start_cluster: StartCluster) -> None:
