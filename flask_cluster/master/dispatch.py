@@ -70,8 +70,9 @@ class Dispatcher:
         # Told True when no worker has room: the workers read it on the scoreboard and accept
         # on the listener themselves, each when it is free (worker/accepting.py), instead
         # of each connection costing the master a hold, a Free and a hand-off; False when the
-        # master takes the listener back. None: the master never leaves it (--threads > 1).
-        self.on_workers_accept = on_workers_accept
+        # master takes the listener back. Only where the master accepts and a worker serving
+        # takes nothing (--threads 1: Config.workers_accept_when_busy, as the workers know).
+        self.on_workers_accept = on_workers_accept if accepts and serving_blocks else None
         self.workers_accept = False
         self.selector = selector
         self.serving_blocks = serving_blocks  # --threads 1: a worker serving takes nothing

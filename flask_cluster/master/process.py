@@ -127,11 +127,9 @@ class Master:
                                      queue_depth=config.queue_depth,
                                      on_holding=self._holding,
                                      accepts=config.balance in ("round-robin", "least-busy"),
-                                     on_workers_accept=self._workers_accept
-                                     if config.workers_accept_when_busy else None)
+                                     on_workers_accept=self._workers_accept)
         self.dispatcher.start()
-        target = self.roster.target
-        self.scoreboard.worker_count = target
+        self.scoreboard.worker_count = self.roster.target
         self.perform(self.roster.start(time.monotonic()))
         try:
             while not self.roster.finished:
