@@ -11,7 +11,9 @@ import os
 import re
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ClusterProcess, StartCluster, alive, read_reply, wait_until
@@ -174,6 +176,27 @@ def test_while_every_worker_is_busy_the_workers_accept_and_every_accept_is_count
     assert metrics["flask_cluster_connections_accepted_total"] == 6
     assert metrics["flask_cluster_connections_accepted_by_workers_total"] >= 1
     assert cluster.request("/").status == 200
+
+
+@pytest.mark.parametrize("balance", ["round-robin", "least-busy"])
+def test_no_connection_is_lost_as_the_listener_goes_back_and_forth(
+        start_cluster: StartCluster, balance: str) -> None:
+    # 16 clients on 2 workers, a new connection per request, a slow one now and then: the
+    # master leaves its listener to the workers and takes it back many times over.
+    cluster = start(start_cluster, "--balance", balance)
+    clients, each = 16, 25
+
+    def client(number: int) -> list[int]:
+        return [cluster.request("/slow?seconds=0.02" if (number + i) % 10 == 0 else "/",
+                                timeout=30).status for i in range(each)]
+
+    with ThreadPoolExecutor(clients) as pool:
+        statuses = [status for done in pool.map(client, range(clients)) for status in done]
+    assert statuses == [200] * (clients * each)
+    metrics = scrape_when(cluster, "flask_cluster_workers_accepting", 0)
+    assert metrics["flask_cluster_connections_accepted_total"] == clients * each
+    assert metrics["flask_cluster_connections_accepted_by_workers_total"] > 0
+    assert metrics["app_hits_total"] == clients * each
 
 
 def test_connections_workers_accept_are_counted_with_shared(start_cluster: StartCluster) -> None:
