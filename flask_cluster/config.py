@@ -172,7 +172,8 @@ class Config:
     queue_depth: int = setting(
         1, "With --threads 1 (round-robin, least-busy): connections passed to a worker whose "
         "request started less than 1 ms ago while none is free; the master holds the rest until "
-        "one is (0: only ever to a free worker).", type=click.IntRange(0))
+        "one is, and meanwhile lets each worker accept when free (0: only ever to a free "
+        "worker).", type=click.IntRange(0))
     metrics: str | None = setting(
         None, "HOST:PORT where the master serves Prometheus /metrics: the server's counters and "
         "the app's prometheus_client metrics summed over workers (needs flask-cluster[metrics]).",
