@@ -153,6 +153,8 @@ def ctl_status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"last error: {master['last_error']}")
     if master.get("holding"):
         click.echo(f"holding {master['holding']} new connection(s) until a worker is free")
+    if master.get("workers_accept"):
+        click.echo("every worker busy: each accepts new connections itself when free")
     broker = master.get("broker")
     if broker is not None:
         click.echo(f"broker {broker['url']} {broker['stream']}  "

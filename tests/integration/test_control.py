@@ -105,6 +105,7 @@ def test_status_broadcast_and_stop(start_cluster: StartCluster, tmp_path: Path) 
     assert master["workers"] == 2
     assert master["last_error"] is None
     assert master["holding"] == 0  # a worker was free for every connection
+    assert master["workers_accept"] is False
     assert [w["worker_id"] for w in state["workers"]] == [0, 1]
     for worker in state["workers"]:
         assert set(worker) == WORKER_FIELDS

@@ -154,7 +154,7 @@ def test_while_every_worker_is_busy_the_workers_accept_and_every_accept_is_count
     def get(path: str) -> None:
         done.append(cluster.request(path, timeout=30).status)
 
-    slow = [threading.Thread(target=get, args=("/slow?seconds=2",), daemon=True)
+    slow = [threading.Thread(target=get, args=("/slow?seconds=5",), daemon=True)
             for _ in range(2)]
     quick = [threading.Thread(target=get, args=("/",), daemon=True) for _ in range(4)]
     try:
@@ -164,6 +164,8 @@ def test_while_every_worker_is_busy_the_workers_accept_and_every_accept_is_count
         quick[0].start()
         metrics = scrape_when(cluster, "flask_cluster_workers_accepting", 1)
         assert metrics["flask_cluster_connections_held"] == 1
+        screen = ctl_ok("--port", str(cluster.port), "status", app=APP)
+        assert "every worker busy: each accepts new connections itself when free" in screen
         assert not done, "the slow requests finished first: no worker was ever busy"
         for client in quick[1:]:
             client.start()  # into the backlog, for whichever worker is free first
