@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import StartCluster, read_reply, wait_until
+from tests.ops_apps.client import status
 
 MORE = 4  # requests sent while both workers are busy
 
@@ -110,3 +114,31 @@ def test_kept_alive_connections_move_to_a_worker_busy_with_quick_requests(
             assert busy.result() > 0
 
     assert moved == quick_pid
+
+
+def test_a_worker_killed_while_the_workers_accept_loses_only_its_own_request(
+        start_cluster: StartCluster, tmp_path: Path) -> None:
+    # While every worker is busy the workers accept on the master's socket themselves; what
+    # waits in the kernel's backlog belongs to no worker, so a killed one takes none of it.
+    sock = tmp_path / "ctl"
+    cluster = start_cluster("tests.apps.basic", "--control-socket", str(sock), workers=2)
+    with ThreadPoolExecutor(6) as pool:
+        doomed = pool.submit(cluster.request, "/sleep/6", timeout=30)
+        wait_until(lambda: len(_sleeping_pids(cluster.log())) == 1, 10, message="the doomed one")
+        other = pool.submit(cluster.get_json, "/sleep/2", timeout=30)
+        wait_until(lambda: len(_sleeping_pids(cluster.log())) == 2, 10, message="both busy")
+        held = pool.submit(cluster.get_json, "/worker", timeout=30)
+        wait_until(lambda: status(sock)["master"]["workers_accept"], 10,
+                   message="the workers to accept")
+        waiting = [pool.submit(cluster.get_json, "/worker", timeout=30) for _ in range(3)]
+        victim = _sleeping_pids(cluster.log())[0]
+        os.kill(victim, signal.SIGKILL)
+
+        assert other.result()["pid"] != victim
+        answered = [future.result()["pid"] for future in [held, *waiting]]
+        with pytest.raises(OSError):  # reset or closed: its request died with it
+            doomed.result()
+    assert victim not in answered
+    wait_until(lambda: not status(sock)["master"]["workers_accept"], 10,
+               message="the master to accept again")
+    assert cluster.get_json("/worker")["pid"] != victim
