@@ -1,5 +1,6 @@
 """With ``--threads 1`` a connection never waits behind a request in progress while another
-worker is free: the master holds a new one until a worker says it is free (master/choice.py),
+worker is free: the master holds a new one until a worker says it is free (master/choice.py)
+and meanwhile leaves its socket to the workers, each accepting when free (worker/accepting.py);
 and a worker whose request held its loop hands its other kept-alive ones to a free worker
 (worker/spread.py)."""
 
