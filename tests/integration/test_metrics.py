@@ -175,8 +175,10 @@ def test_while_every_worker_is_busy_the_workers_accept_and_every_accept_is_count
     assert done == [200] * 6
     # Once a worker has idled the master accepts again, counting every connection either way.
     metrics = scrape_when(cluster, "flask_cluster_workers_accepting", 0)
+    # (Which side accepted the three is a race a loaded machine can tip either way: a worker
+    # descheduled for 2 ms between its request and its accept looks idle, and the master takes
+    # the listener back. The test below counts the workers' share over 400 connections.)
     assert metrics["flask_cluster_connections_accepted_total"] == 6
-    assert metrics["flask_cluster_connections_accepted_by_workers_total"] >= 1
     assert cluster.request("/").status == 200
 
 
