@@ -25,6 +25,11 @@ PID, HEARTBEAT_MS, REQUESTS, IN_FLIGHT, STARTED_MS, RSS_KIB, RECEIVED, CONNECTIO
 # worker/spread.py counts slow (SLOW of CPU, or HELD by the clock; spread.py reads the others').
 # REQUEST_STARTED_US: when its current request started, in microseconds of the monotonic clock
 # (--threads 1, written by worker/spread.py; the master's choice reads it, master/choice.py).
+# A worker whose FREE_SINCE_MS is this old while it serves nothing is waiting for work, not
+# between two requests (two epoll ticks): the workers read it to find a better home for a
+# kept-alive connection (worker/spread.py), the master to take its listener back from the
+# workers (master/dispatch.py).
+IDLE_MS = 2
 SLOT_WORDS = 16  # room to grow without moving slots; two cache lines, so slots never share one
 HEADER_WORDS = 8
 WORKER_COUNT = 0  # header word: the number of workers the master is aiming for

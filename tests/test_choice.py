@@ -10,7 +10,8 @@ import time
 import pytest
 
 from flask_cluster.master.choice import Choice
-from flask_cluster.master.dispatch import IDLE, STUCK, Dispatcher
+from flask_cluster.master.dispatch import STUCK, Dispatcher
+from flask_cluster.scoreboard import IDLE_MS
 from tests.test_dispatch import Worker, ids, listener, run_once, workers
 
 __all__ = ["listener", "workers"]  # fixtures, used by name
@@ -254,7 +255,7 @@ def test_while_no_worker_has_room_the_workers_accept_until_one_idles(
                 assert told == [True, False]
                 return
 
-            workers[2].serving, workers[2].idle_for = 0, IDLE  # idle: the backlog is empty
+            workers[2].serving, workers[2].idle_for = 0, IDLE_MS / 1000  # idle: the backlog is empty
             while dispatcher.counts["accepted"] < 3:
                 run_once(selector, dispatcher)
             assert told == [True, False]

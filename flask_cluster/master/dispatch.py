@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import ipc
 from ..listeners import accept_batch
+from ..scoreboard import IDLE_MS
 from .choice import Choice, LeastBusy, Target
 from .hand_off import HAND_BACK_BATCH, Accepted, drain, hand_off
 
@@ -39,11 +40,6 @@ ACCEPT_WINDOW = 0.001
 # young request (--queue-depth), it would wait out the whole request, however long, while
 # another worker idles. One epoll tick, as YOUNG (choice.py).
 STUCK = 0.001
-# While the workers accept themselves (every worker was busy), the master takes the listener
-# back once a worker has been idle this long: it would have accepted any connection waiting,
-# so the backlog is empty and the rush is over. Two epoll ticks: not the gap between two
-# requests of a busy worker.
-IDLE = 0.002
 RETRY_AFTER = 0.01  # connections wait for a worker, or accepting failed: try again this soon
 
 
@@ -349,7 +345,11 @@ class Dispatcher:
                 assigned[taker.worker_id] = assigned.get(taker.worker_id, 0) + 1
         self._tell_holding()
         if not self.waiting and not self.stopped and time.monotonic() >= self.resting_until:
-            if self.workers_accept and not any(worker.idle_for >= IDLE for worker in self.live()):
+            # While the workers accept themselves, the listener comes back once one of them
+            # is idle (IDLE_MS): it would have accepted any connection waiting, so the
+            # backlog is empty and the rush is over.
+            if self.workers_accept and not any(worker.idle_for * 1000 >= IDLE_MS
+                                               for worker in self.live()):
                 return  # every worker busy, or taking the next connection itself
             self._leave_to_workers(False)
             self._accept_more(True)

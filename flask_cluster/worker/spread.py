@@ -10,17 +10,17 @@ them to a free worker. The connection of the slow request stays, so its next slo
 holds up no one else.
 
 Only while another worker is a better home for them: one that has been free for
-:data:`FREE_FOR_MS` (its in-flight count 0 since then, on the scoreboard), or one that has run
-no slow request for :data:`QUICK_FOR_MS` (it serves only quick ones, so a request moved there
-waits at most for a few of those). Waiting for an idle worker alone left them where they were
-whenever the others were busy with quick requests: with 4 clients on a fast route and 1 on a
-7 ms route over 2 workers, the fast clients that shared the slow client's worker waited out
-every slow request, and the fast p99 was 2.4x gunicorn sync's (benchmarks/RESULTS.md). Under a
-load where every worker runs slow requests, nothing moves back and forth. Costs a clock read
-and a word of shared memory at each request's start (and a read of the loop thread's CPU clock,
-a system call, at most every millisecond), a clock read and a word at its end; the rest only
-after a slow request. Kept-alive connections that a burst left on one worker are evened out
-the same way, on the housekeeping tick (:meth:`Spread.rebalance`).
+:data:`~flask_cluster.scoreboard.IDLE_MS` (its in-flight count 0 since then, on the
+scoreboard), or one that has run no slow request for :data:`QUICK_FOR_MS` (it serves only quick
+ones, so a request moved there waits at most for a few of those). Waiting for an idle worker
+alone left them where they were whenever the others were busy with quick requests: with 4
+clients on a fast route and 1 on a 7 ms route over 2 workers, the fast clients that shared the
+slow client's worker waited out every slow request, and the fast p99 was 2.4x gunicorn sync's
+(benchmarks/RESULTS.md). Under a load where every worker runs slow requests, nothing moves back
+and forth. Costs a clock read and a word of shared memory at each request's start (and a read
+of the loop thread's CPU clock, a system call, at most every millisecond), a clock read and a
+word at its end; the rest only after a slow request. Kept-alive connections that a burst left
+on one worker are evened out the same way, on the housekeeping tick (:meth:`Spread.rebalance`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..scoreboard import (
     CONNECTIONS,
     FREE_SINCE_MS,
     HEARTBEAT_MS,
+    IDLE_MS,
     IN_FLIGHT,
     PID,
     REQUEST_STARTED_US,
@@ -53,7 +54,6 @@ HELD = 0.020
 # within this many seconds of the last read takes that read as its start: its CPU time may
 # then count up to this much of the requests before it, a rule of 4-5 ms instead of 5.
 CPU_READ_EVERY = 0.001
-FREE_FOR_MS = 2  # another worker idle this long is waiting for work, not between two requests
 QUICK_FOR_MS = 250  # another worker with no slow request this long serves quick ones only
 BEATING_MS = 2000  # a heartbeat younger than this: the worker is alive (it beats every 0.5 s)
 AHEAD = 2  # open connections more than another worker's before some go elsewhere
@@ -137,7 +137,7 @@ class Spread:
         now = int(time.monotonic() * 1000)
         for slot in others_beating(board, self.slot, now):
             free_since = board.get(slot, FREE_SINCE_MS)
-            if board.get(slot, IN_FLIGHT) == 0 and now - free_since >= FREE_FOR_MS:
+            if board.get(slot, IN_FLIGHT) == 0 and now - free_since >= IDLE_MS:
                 yield slot  # idle, waiting for work
             elif now - board.get(slot, SLOW_MS) >= QUICK_FOR_MS and now - free_since < SLOW * 1000:
                 yield slot  # busy with quick requests only (and not stuck in a long one)
