@@ -30,7 +30,7 @@ class Clocks:
 def make_spread() -> tuple[Spread, Scoreboard]:
     board = Scoreboard(2)
     engine: Any = SimpleNamespace(connections=set(), moving=set(), stopping=False,
-                                  idle_callbacks=[])
+                                  idle_callbacks=[], batch=None)
     return Spread(engine, hand_back=None, scoreboard=board, slot=0), board  # type: ignore[arg-type]
 
 

@@ -55,6 +55,9 @@ class Owner(Protocol):
     def start(self, conn: Connection, request: Request) -> None:
         """Answer ``request``: set ``conn.current`` while the answer is in progress."""
 
+    def send_soon(self, conn: Connection) -> None:
+        """``conn`` has answered what it can for now: flush it now or with the loop's pass."""
+
     def watch_writes(self, conn: Connection, on: bool) -> None: ...
 
     def stop_reading(self, conn: Connection) -> None: ...
@@ -138,7 +141,7 @@ class Connection:
             if refusal:
                 self._refused()
                 self.push(refusal)
-        self.flush()
+        self.owner.send_soon(self)
 
     def _refused(self) -> None:
         error = self.http.error

@@ -28,6 +28,7 @@ from .app_call import AppHost, Record
 from .connection import Connection, TLSConnection
 from .inline import start_inline
 from .poller import new_poller
+from .send_batch import SendBatch
 from .threaded import AppPool
 
 log = logging.getLogger("flask_cluster.worker")
@@ -80,6 +81,7 @@ class Engine:
         # (migration.py): never closed here for stopping.
         self.moving: set[Connection] = set()
         self.pool: AppPool | None = None
+        self.batch: SendBatch | None = SendBatch() if threads == 1 else None
         self._start: Start = start_inline
         if threads > 1:
             self.pool = AppPool(threads, self.add_reader)
@@ -251,6 +253,8 @@ class Engine:
             conn.http.fail(fault)
             request.body.close()
             return
+        if self.batch is not None:
+            self.batch.before_request(conn.last_active)
         self.on_request(1)
         conn.answering_since = conn.last_active  # when the request was read: no clock call
         self._start(self, conn, request, environ)
@@ -274,8 +278,15 @@ class Engine:
             if self.stopping and (not self.connections or now >= self.deadline):
                 break
 
+    def send_soon(self, conn: Connection) -> None:
+        if self.batch is None or not self.batch.hold(conn):
+            conn.flush()
+
     def run_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` for events and handle them: one pass of the loop."""
+        batch = self.batch
+        if batch is not None:
+            batch.begin()
         for target, mask in self.selector.ready(timeout):
             if isinstance(target, Connection):
                 try:
@@ -290,6 +301,8 @@ class Engine:
                     target()
                 except Exception:  # EMFILE, ENOSPC...: logged; the loop serves on
                     log.exception("error in the worker's loop")
+        if batch is not None:
+            batch.end()
         for callback in self.idle_callbacks:
             callback()
 

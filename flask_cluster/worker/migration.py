@@ -146,6 +146,9 @@ class _Unread:
     def start(self, conn: Connection, request: Request) -> None:
         self.engine.start(conn, request)
 
+    def send_soon(self, conn: Connection) -> None:
+        conn.flush()
+
     def watch_writes(self, conn: Connection, on: bool) -> None:
         selector = self.engine.selector
         try:

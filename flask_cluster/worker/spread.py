@@ -103,6 +103,8 @@ class Spread:
         now_ms = int(now * 1000)
         self.words[self._free_since_ms] = now_ms
         held = now - self.started
+        if self.engine.batch is not None:
+            self.engine.batch.request_ended(held, now)
         if held < SLOW or (held < HELD and time.thread_time() - self.cpu_started < SLOW):
             return
         self.scoreboard.set(self.slot, SLOW_MS, now_ms)
