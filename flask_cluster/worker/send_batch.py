@@ -17,10 +17,12 @@ bounded three ways, so that a fast response never waits behind a slow view:
   whose app has slow views does not batch, so a fast response read in the same pass as a slow
   request never waits for it (a first slow request after a quiet spell can delay the responses
   of its own pass once; ``benchmarks/mixed_load.py`` measures the tail);
-* outside a pass (a housekeeping tick, a stream resumed) a response goes out at once.
+* outside a pass (a housekeeping tick) a response goes out at once.
 
-A pipelined or streamed response, a file sent with ``sendfile``, and a response still in
-progress are never held: only whole responses waiting in a connection's buffer.
+Only whole responses waiting in a connection's buffer are held (with pipelining, all those the
+pass answered on it): never a response still in progress (a streamed body's chunks go out as
+they are made; only its end may wait for the pass), a file sent with ``sendfile``, or a
+response that closes its connection.
 """
 
 from __future__ import annotations
