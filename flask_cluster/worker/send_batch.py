@@ -5,8 +5,9 @@ work for the send and with the client's wake-up: a client waiting on many connec
 a load generator) is woken once per response, and the CPU's caches go back and forth between the
 app and the network stack. Sending what one pass of the loop answered in a row, after its last
 app call, wakes the client once for all of them and keeps each kind of work together. Same run,
-Flask hello over 32 kept-alive connections: 1.21x the requests per second of sending at once, raw
-WSGI 1.57x (``benchmarks/RESULTS.md``, "Sending a pass's responses together").
+6 alternating rounds, 32 kept-alive connections: Flask hello 1.17x the requests per second of
+sending each at once, raw WSGI 1.12x (``benchmarks/RESULTS.md``, "Issue 13: a pass's responses
+sent together").
 
 The cost is latency: a response waits for the requests read in the same pass after it. It is
 bounded three ways, so that a fast response never waits behind a slow view:
@@ -16,7 +17,9 @@ bounded three ways, so that a fast response never waits behind a slow view:
   :data:`QUIET` after it the worker sends every response at once, as without batching: a worker
   whose app has slow views does not batch, so a fast response read in the same pass as a slow
   request never waits for it (a first slow request after a quiet spell can delay the responses
-  of its own pass once; ``benchmarks/mixed_load.py`` measures the tail);
+  of its own pass once; ``benchmarks/mixed_load.py`` measures the tail). The hold is read from
+  the wall clock, so on a machine busy enough to deschedule the loop for a millisecond, holding
+  turns off too, which costs throughput, never latency;
 * outside a pass (a housekeeping tick) a response goes out at once.
 
 Only whole responses waiting in a connection's buffer are held (with pipelining, all those the
@@ -27,10 +30,7 @@ response that closes its connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .connection import Connection
 
 WAIT = 0.001  # seconds the first held response may wait for the requests after it
 LONG = 0.001  # seconds a request held the loop: from then on, the worker's app has slow views
