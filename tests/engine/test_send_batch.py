@@ -4,6 +4,7 @@ end, not one by one between app calls; a worker whose app has slow views sends e
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from flask_cluster.http.parser import Limits
 from flask_cluster.http.wsgi import base_environ
 from flask_cluster.scoreboard import Scoreboard
+from flask_cluster.worker import send_batch
 from flask_cluster.worker.engine import Engine
 from flask_cluster.worker.send_batch import LONG, QUIET, WAIT, SendBatch
 from flask_cluster.worker.spread import Spread
@@ -62,10 +64,16 @@ def serving(clients: Clients, count: int, app: Any) -> Engine:
 
 
 def one_pass(engine: Engine, clients: Clients, paths: list[str]) -> None:
-    """Every client in ``clients`` asks for its path, then the loop runs one pass that reads
-    them all (loopback delivers a send before ``sendall`` returns)."""
+    """Every client in ``clients`` asks for its path; once every request has reached the
+    engine's side, the loop runs one pass, which reads them all."""
     for client, path in zip(clients, paths, strict=True):
         client.sendall(build("GET", path))
+    ports = {str(client.getsockname()[1]) for client in clients}
+    asked = [conn.sock for conn in engine.connections if conn.remote_port in ports]
+    assert len(asked) == len(clients)
+    deadline = time.monotonic() + 5.0
+    while len(select.select(asked, [], [], 0.05)[0]) < len(asked):
+        assert time.monotonic() < deadline, "the requests did not reach the engine's sockets"
     engine.run_once(1.0)
 
 
@@ -96,7 +104,9 @@ def test_the_responses_of_one_pass_go_out_after_its_last_app_call(clients: Clien
         engine.close()
 
 
-def test_after_a_slow_request_each_response_goes_out_at_once(clients: Clients) -> None:
+def test_after_a_slow_request_each_response_goes_out_at_once(
+        clients: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(send_batch, "QUIET", 60.0)  # however slow this machine is between passes
     seen: list[list[bool]] = []
     engine = serving(clients, 3, recording_app(clients, seen))
     try:
