@@ -95,6 +95,18 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def fd_targets(pid: int) -> list[str]:
+    """Where ``pid``'s open file descriptors lead (a path, or ``socket:[INODE]``); raises
+    OSError once ``pid`` is gone."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile
+    return targets
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:

@@ -20,7 +20,7 @@ from flask_cluster.worker import send_batch
 from flask_cluster.worker.engine import Engine
 from flask_cluster.worker.send_batch import LONG, QUIET, WAIT, SendBatch
 from flask_cluster.worker.spread import Spread
-from tests.engine.harness import build
+from tests.engine.harness import build, wait_for
 
 Clients = list[socket.socket]
 
@@ -71,9 +71,8 @@ def one_pass(engine: Engine, clients: Clients, paths: list[str]) -> None:
     ports = {str(client.getsockname()[1]) for client in clients}
     asked = [conn.sock for conn in engine.connections if conn.remote_port in ports]
     assert len(asked) == len(clients)
-    deadline = time.monotonic() + 5.0
-    while len(select.select(asked, [], [], 0.05)[0]) < len(asked):
-        assert time.monotonic() < deadline, "the requests did not reach the engine's sockets"
+    wait_for(lambda: len(select.select(asked, [], [], 0)[0]) == len(asked),
+             what="the requests to reach the engine's sockets")
     engine.run_once(1.0)
 
 

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ClusterProcess, StartCluster, read_reply, rss_kib, wait_until
+from tests.conftest import (
+    ClusterProcess,
+    StartCluster,
+    fd_targets,
+    read_reply,
+    rss_kib,
+    wait_until,
+)
 
 APP = "tests.hardening_apps.probe"
 TICK = 1.0  # the engine's housekeeping period
@@ -239,15 +246,7 @@ UPLOAD_TIME_BOUND = 60.0  # 12-18 s measured on the loaded 2-core machine
 
 def open_files_under(pid: int, directory: Path) -> list[str]:
     """Where ``pid``'s open file descriptors that point into ``directory`` lead."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile
-        if target.startswith(f"{directory}/"):
-            found.append(target)
-    return found
+    return [target for target in fd_targets(pid) if target.startswith(f"{directory}/")]
 
 
 class RSSSampler(threading.Thread):

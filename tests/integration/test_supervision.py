@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Reply, StartCluster, alive, group_members, read_until_close, wait_until
+from tests.conftest import (
+    Reply,
+    StartCluster,
+    alive,
+    fd_targets,
+    group_members,
+    read_until_close,
+    wait_until,
+)
 from tests.ops_apps.client import Load, status
 
 
@@ -365,13 +373,11 @@ def test_a_kill_storm_under_keep_alive_costs_only_the_killed_workers_connections
 def _client_connections_held_by(pid: int, port: int) -> int:
     """Established TCP connections to ``port`` among the descriptors of process ``pid``: its
     sockets' inodes in /proc/PID/fd, matched against the kernel's connection tables."""
-    inodes: set[str] = set()
-    with contextlib.suppress(OSError):  # it may have died already
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[len("socket:["):-1])
+    try:
+        targets = fd_targets(pid)
+    except OSError:  # it died already
+        targets = []
+    inodes = {target[len("socket:["):-1] for target in targets if target.startswith("socket:[")}
     held = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
